@@ -1,0 +1,5 @@
+import sys
+
+from realface.cli import main
+
+sys.exit(main())
