@@ -80,6 +80,140 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# pretrain
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, *, epochs: int, batch: int, blr: float, wd: float) -> None:
+    """Options of the shared training loop (see realface.train.engine.TrainConfig)."""
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=batch, help="global batch per optimizer step")
+    g.add_argument("--blr", type=float, default=blr, help="base lr per 256 images (lr = blr * batch / 256)")
+    g.add_argument("--min-lr", type=float, default=1e-6)
+    g.add_argument("--warmup-epochs", type=float, default=1.0)
+    g.add_argument("--weight-decay", type=float, default=wd)
+    g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm, 0 = off")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=2, help="data loader processes")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    g.add_argument("--limit", type=int, default=None, help="use at most this many faces")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (quick runs)")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def _train_config(args: argparse.Namespace):
+    from realface.train.engine import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        base_lr=args.blr,
+        min_lr=args.min_lr,
+        warmup_epochs=args.warmup_epochs,
+        weight_decay=args.weight_decay,
+        accum_steps=args.accum_steps,
+        clip_grad=args.clip_grad,
+        precision=args.precision,
+        seed=args.seed,
+        workers=args.workers,
+    )
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a ViT on real faces (MAE + CRFR-P masking + self-distillation)",
+        description="Learn a representation of real faces only, by masked image modeling (FSFM's 3C).",
+    )
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="preprocess outputs (manifest or folder)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, logs and pictures")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="vit_tiny_patch16", help="encoder name (see realface.models.vit.ENCODERS)")
+    m.add_argument("--img-size", type=int, default=224)
+    m.add_argument("--mask", default="crfr-p", help="masking strategy: random, block or crfr-p")
+    m.add_argument("--mask-ratio", type=float, default=0.75)
+    m.add_argument("--decoder-dim", type=int, default=256)
+    m.add_argument("--decoder-depth", type=int, default=4)
+    m.add_argument("--decoder-heads", type=int, default=8)
+    m.add_argument("--no-norm-pix", action="store_true", help="reconstruct raw pixels, not per-patch normalized")
+    m.add_argument("--region-weight", type=float, default=None, help="extra weight on the fully masked region")
+    m.add_argument("--distill-weight", type=float, default=None, help="self-distillation weight, 0 = off")
+    m.add_argument("--drop-path", type=float, default=0.0)
+    m.add_argument("--init", type=Path, default=None, help="initialise the encoder from a local timm/MAE file")
+    _add_train_arguments(p, epochs=10, batch=64, blr=1.5e-4, wd=0.05)
+    p.set_defaults(handler=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from realface.models.pretrainer import ModelConfig
+    from realface.train.pretrain import pretrain
+
+    overrides = {
+        k: v
+        for k, v in {"region_weight": args.region_weight, "distill_weight": args.distill_weight}.items()
+        if v is not None
+    }
+    model_cfg = ModelConfig(
+        encoder=args.model,
+        img_size=args.img_size,
+        drop_path=args.drop_path,
+        decoder_dim=args.decoder_dim,
+        decoder_depth=args.decoder_depth,
+        decoder_heads=args.decoder_heads,
+        norm_pix_loss=not args.no_norm_pix,
+        mask=args.mask,
+        mask_ratio=args.mask_ratio,
+        **overrides,
+    )
+    history = pretrain(
+        args.data,
+        args.out,
+        model_cfg=model_cfg,
+        train_cfg=_train_config(args),
+        init=args.init,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        limit=args.limit,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+    if history.epochs:
+        last = history.epochs[-1]
+        print(f"pretrained {len(history.epochs)} epochs; last training loss {last['train_loss']:.4f}; run in {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# synth-sbi
+
+
+def _add_synth_sbi(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth-sbi",
+        help="write self-blended pseudo-fakes (SBI) of real faces, with their masks, to look at",
+        description="Blend each real face with a transformed copy of itself through a deformed face mask.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, help="manifests (or their folders) written by preprocess")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=None, help="number of pseudo-fakes (default: one per face)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_synth_sbi)
+
+
+def _run_synth_sbi(args: argparse.Namespace) -> int:
+    from realface.data.sbi import SBIConfig
+    from realface.data.synth import synth_sbi
+
+    n = synth_sbi(args.inputs, args.out, count=args.count, seed=args.seed, config=SBIConfig(), progress=not args.no_progress)
+    print(f"wrote {n} pseudo-fakes to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"realface {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_preprocess,):
+    for add in (_add_preprocess, _add_pretrain, _add_synth_sbi):
         add(sub)
     return parser
 

@@ -1,0 +1,153 @@
+"""Face crops as training samples, with region maps that follow every geometric augmentation.
+
+Samples come from the manifest that `realface preprocess` writes (crops + 68 landmarks in crop coordinates)
+or from a plain folder of face crops (no landmarks: region-based masking then falls back to random).
+All randomness of a sample is drawn from `numpy.random.default_rng([seed, epoch, index])`, so an epoch is
+the same whatever the number of worker processes or machines, and `--resume` replays it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from realface.errors import InputError
+from realface.faces.regions import region_label_map
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the weights expect of an input face; saved with every checkpoint."""
+
+    img_size: int = 224  # model input side in pixels
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel mean of RGB in [0, 1]
+    std: tuple[float, float, float] = IMAGENET_STD  # per-channel std
+    crop_margin: float = 1.3  # face crops are the aligned face box scaled by this (see faces.align)
+    crop_size: int = 224  # side of the crops written by `realface preprocess`
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        data = dict(data)
+        for key in ("mean", "std"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """A face crop as (H, W, 3) uint8 RGB."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"{path}: cannot read image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def to_tensor(rgb: np.ndarray, pre: Preprocessing) -> torch.Tensor:
+    """(H, W, 3) uint8 at the model size -> (3, H, W) float32 normalized."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(pre.mean).view(3, 1, 1)
+    std = torch.tensor(pre.std).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def random_resized_box(
+    rng: np.random.Generator, height: int, width: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
+    """A crop box (x0, y0, w, h) covering a random fraction `scale` of the area (torchvision's rule)."""
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    side = min(height, width)
+    return (width - side) // 2, (height - side) // 2, side, side
+
+
+def geometric_view(
+    rgb: np.ndarray,
+    labels: np.ndarray | None,
+    size: int,
+    rng: np.random.Generator | None,
+    scale: tuple[float, float] = (0.2, 1.0),
+    flip: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Random resized crop + horizontal flip applied identically to pixels and region labels.
+
+    rgb: (H, W, 3) uint8; labels: (H, W) uint8 or None. Returns the (size, size) views. With rng None the
+    whole image is resized (evaluation view).
+    """
+    h, w = rgb.shape[:2]
+    x0, y0, cw, ch = random_resized_box(rng, h, w, scale) if rng is not None else (0, 0, w, h)
+    img = cv2.resize(rgb[y0 : y0 + ch, x0 : x0 + cw], (size, size), interpolation=cv2.INTER_LINEAR)
+    lab = None
+    if labels is not None:
+        lab = cv2.resize(labels[y0 : y0 + ch, x0 : x0 + cw], (size, size), interpolation=cv2.INTER_NEAREST)
+    if rng is not None and rng.random() < flip:
+        img = img[:, ::-1]
+        lab = lab[:, ::-1] if lab is not None else None
+    return np.ascontiguousarray(img), (np.ascontiguousarray(lab) if lab is not None else None)
+
+
+# mask_fn(label_map at model size or None, rng) -> (mask (L,) bool, region_mask (L,) bool); True = masked.
+MaskFn = Callable[[np.ndarray | None, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+class PretrainFaces(Dataset):
+    """Real face crops for masked image modeling.
+
+    Each item: {"image": (3, S, S) float32 normalized, "mask": (L,) bool (True = masked),
+    "region_mask": (L,) bool (patches of the fully masked facial region; all False for other strategies)}.
+    """
+
+    def __init__(
+        self,
+        records: list,
+        pre: Preprocessing,
+        mask_fn: MaskFn,
+        seed: int = 0,
+        augment: bool = True,
+        scale: tuple[float, float] = (0.2, 1.0),
+    ) -> None:
+        self.records = records
+        self.pre = pre
+        self.mask_fn = mask_fn
+        self.seed = seed
+        self.augment = augment
+        self.scale = scale
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rec = self.records[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rgb = read_rgb(rec.path)
+        labels = None
+        if rec.landmarks is not None:
+            labels = region_label_map(rec.landmarks, rgb.shape[0], rgb.shape[1])
+        img, lab = geometric_view(rgb, labels, self.pre.img_size, rng if self.augment else None, self.scale)
+        mask, region_mask = self.mask_fn(lab, rng)
+        return {
+            "image": to_tensor(img, self.pre),
+            "mask": torch.from_numpy(np.asarray(mask, dtype=bool)),
+            "region_mask": torch.from_numpy(np.asarray(region_mask, dtype=bool)),
+        }

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, frame-to-video aggregation, decision thresholds and calibration (pure functions)."""

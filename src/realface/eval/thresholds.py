@@ -1,0 +1,261 @@
+"""Decision thresholds fitted on validation data, and three-way decisions with a confidence band.
+
+A `Threshold` is fitted by a named policy from `THRESHOLD_POLICIES` and stored (as JSON) with the model,
+to be used at detection time instead of a fixed 0.5. `decide` then says "fake" when p >= t, "real"
+when p < t, and "uncertain" when the prediction's confidence is below a band; the band is chosen on
+validation data from the coverage/accuracy trade-off (`coverage_accuracy_curve`, `fit_confidence_band`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from realface.errors import RealfaceError
+from realface.eval.metrics import as_binary_inputs, eer, roc_counts
+
+REAL, FAKE, UNCERTAIN = "real", "fake", "uncertain"
+
+
+# ---------------------------------------------------------------------------------------------
+# threshold policies: (labels (N,), scores (N,), **params) -> threshold; score >= threshold is fake
+
+
+def _above_all(scores: np.ndarray) -> float:
+    """The smallest float above every score: a finite threshold that calls nothing fake."""
+    return float(np.nextafter(scores.max(), np.inf))
+
+
+def _eer_policy(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The EER threshold (interpolated on the ROC curve, see `metrics.eer`)."""
+    return eer(labels, scores)[1]
+
+
+def _max_balanced_accuracy_policy(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold of highest balanced accuracy (the highest such threshold if several tie).
+
+    Any value in (next lower score, score of the best point] gives the same decisions; the midpoint
+    is returned, which leaves a margin on both sides for unseen data.
+    """
+    fps, tps, thresholds = roc_counts(labels, scores)
+    n_pos, n_neg = tps[-1], fps[-1]
+    balanced = tps * n_neg + (n_neg - fps) * n_pos  # 2 n_pos n_neg * balanced accuracy, exact in integers
+    k = int(np.argmax(balanced))
+    if k == 0:
+        return _above_all(scores)
+    if k == thresholds.size - 1:
+        return float(thresholds[k])
+    mid = 0.5 * (thresholds[k] + thresholds[k + 1])
+    return float(mid if mid > thresholds[k + 1] else thresholds[k])
+
+
+def _target_fpr_policy(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
+    """The lowest threshold (highest TPR) whose FPR on these data is <= `fpr` (in [0, 1]).
+
+    The threshold is a score itself (the top of its interval), the side that keeps the FPR lowest.
+    """
+    if not 0.0 <= float(fpr) <= 1.0:
+        raise RealfaceError(f"target_fpr needs fpr in [0, 1] (a fraction), got {fpr}")
+    fps, _, thresholds = roc_counts(labels, scores)
+    k = int(np.flatnonzero(fps / fps[-1] <= fpr)[-1])
+    return _above_all(scores) if k == 0 else float(thresholds[k])
+
+
+THRESHOLD_POLICIES: dict[str, Callable[..., float]] = {
+    "eer": _eer_policy,
+    "max_balanced_accuracy": _max_balanced_accuracy_policy,
+    "target_fpr": _target_fpr_policy,
+}
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A fitted decision threshold: `score >= value` is fake. JSON via `to_dict` / `from_dict`."""
+
+    value: float  # the threshold on p(fake)
+    policy: str  # the name in THRESHOLD_POLICIES that fitted it
+    params: dict[str, Any] = field(default_factory=dict)  # the policy's parameters, e.g. {"fpr": 0.01}
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, numbers.Real) or not np.isfinite(self.value):
+            raise RealfaceError(f"threshold value must be a finite number, got {self.value!r}")
+        object.__setattr__(self, "value", float(self.value))  # plain float, JSON-ready
+        if self.policy not in THRESHOLD_POLICIES:
+            choices = ", ".join(THRESHOLD_POLICIES)
+            raise RealfaceError(f"unknown threshold policy {self.policy!r}; choose one of {choices}")
+        for key, v in self.params.items():
+            if not isinstance(key, str) or not isinstance(v, (int, float, str, bool)):
+                raise RealfaceError(f"threshold params must map names to numbers or strings, got {key!r}: {v!r}")
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"value": float, "policy": str, "params": {...}}: plain JSON types."""
+        return {"value": float(self.value), "policy": self.policy, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Threshold:
+        """Inverse of `to_dict`."""
+        try:
+            return cls(value=float(data["value"]), policy=str(data["policy"]), params=dict(data.get("params", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise RealfaceError(f"not a threshold record (needs value, policy, params): {data!r}") from e
+
+
+def fit_threshold(labels: Any, scores: Any, policy: str = "eer", **params: float) -> Threshold:
+    """Fit the decision threshold on validation labels (N,) and scores (N,) by a named policy.
+
+    policy: "eer" (where FPR = FNR), "max_balanced_accuracy", or "target_fpr" with `fpr=` (highest
+    TPR with FPR <= fpr on these data). Needs both classes.
+    """
+    if policy not in THRESHOLD_POLICIES:
+        raise RealfaceError(f"unknown threshold policy {policy!r}; choose one of {', '.join(THRESHOLD_POLICIES)}")
+    fn = THRESHOLD_POLICIES[policy]
+    y, s = as_binary_inputs(labels, scores)
+    try:
+        inspect.signature(fn).bind(y, s, **params)
+    except TypeError:
+        wanted = [p for p in inspect.signature(fn).parameters if p not in ("labels", "scores")]
+        raise RealfaceError(
+            f"threshold policy {policy!r} takes parameters {wanted or 'none'}, got {sorted(params) or 'none'}"
+        ) from None
+    return Threshold(value=fn(y, s, **params), policy=policy, params=dict(params))
+
+
+# ---------------------------------------------------------------------------------------------
+# confidence and three-way decisions
+
+
+def _probabilities(scores: Any) -> np.ndarray:
+    """(N,) float64 in [0, 1], non-empty."""
+    p = np.asarray(scores)
+    if p.ndim != 1 or p.size == 0:
+        raise RealfaceError(f"scores must be a non-empty 1-D array, got shape {p.shape}")
+    if p.dtype.kind not in "biuf":
+        raise RealfaceError(f"scores must be numbers, got dtype {p.dtype}")
+    p = p.astype(np.float64)
+    if not (np.isfinite(p) & (p >= 0.0) & (p <= 1.0)).all():
+        raise RealfaceError("scores must be probabilities p(fake) in [0, 1] (no NaN)")
+    return p
+
+
+def _threshold_value(threshold: float | Threshold) -> float:
+    t = float(threshold)
+    if not 0.0 <= t <= 1.0:
+        raise RealfaceError(f"threshold must be in [0, 1] for probabilities, got {t}")
+    return t
+
+
+def _confidences(confidences: Any, n: int) -> np.ndarray:
+    """(n,) float64 in [0, 1]."""
+    c = np.asarray(confidences)
+    if c.ndim != 1 or c.size != n:
+        raise RealfaceError(f"confidences must be 1-D with one value per score ({n}), got shape {c.shape}")
+    if c.dtype.kind not in "biuf":
+        raise RealfaceError(f"confidences must be numbers, got dtype {c.dtype}")
+    c = c.astype(np.float64)
+    if not (np.isfinite(c) & (c >= 0.0) & (c <= 1.0)).all():
+        raise RealfaceError("confidences must be in [0, 1] (e.g. 1 - u), no NaN")
+    return c
+
+
+def distance_confidence(scores: Any, threshold: float | Threshold) -> np.ndarray:
+    """Confidence of each decision from its distance to the threshold: (N,) in [0, 1].
+
+    c = (p - t) / (1 - t) when p >= t (called fake), c = (t - p) / t when p < t (called real):
+    0 at the threshold, 1 at p = 1 or p = 0, linear in between on each side (0 where p = t = 0 or 1).
+    """
+    p = _probabilities(scores)
+    t = _threshold_value(threshold)
+    above = p >= t
+    span = np.where(above, 1.0 - t, t)  # room between t and the end on the decision's side
+    dist = np.abs(p - t)
+    return np.divide(dist, span, out=np.zeros_like(p), where=span > 0)
+
+
+def decide(
+    scores: Any,
+    threshold: float | Threshold,
+    confidence: Any = None,
+    band: float = 0.0,
+) -> np.ndarray:
+    """Three-way decisions: (N,) str array of "real", "fake" or "uncertain".
+
+    "fake" when p >= threshold, "real" otherwise, unless the confidence is below `band` (in [0, 1]):
+    then "uncertain". confidence: (N,) in [0, 1] supplied by the caller (e.g. evidential 1 - u), or
+    None for `distance_confidence(scores, threshold)`. band = 0 never says "uncertain".
+    """
+    p = _probabilities(scores)
+    t = _threshold_value(threshold)
+    if not 0.0 <= float(band) <= 1.0:
+        raise RealfaceError(f"confidence band must be in [0, 1], got {band}")
+    c = distance_confidence(p, t) if confidence is None else _confidences(confidence, p.size)
+    out = np.where(p >= t, FAKE, REAL).astype("<U9")
+    out[c < band] = UNCERTAIN
+    return out
+
+
+def coverage_accuracy_curve(
+    labels: Any,
+    scores: Any,
+    confidences: Any,
+    threshold: float | Threshold,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coverage and accuracy of the confident decisions for every band: (coverage, accuracy, bands), each (B,).
+
+    bands: the distinct confidences in increasing order; at band b the kept samples are those with
+    confidence >= b (the others are "uncertain"), coverage = kept / N and accuracy = correct among kept
+    (decision `p >= threshold` is fake). Coverage falls as the band rises, from 1 at the first band.
+    confidences: (N,) in [0, 1], or None for `distance_confidence`. labels may hold one class.
+    """
+    y, p = as_binary_inputs(labels, scores, both_classes=False)
+    p = _probabilities(p)
+    t = _threshold_value(threshold)
+    c = distance_confidence(p, t) if confidences is None else _confidences(confidences, p.size)
+    correct = ((p >= t).astype(np.int64) == y).astype(np.float64)
+    order = np.argsort(c, kind="mergesort")
+    c_sorted = c[order]
+    first = np.r_[0, np.flatnonzero(np.diff(c_sorted)) + 1]  # first index of each distinct confidence
+    kept = c.size - first
+    correct_kept = np.cumsum(correct[order][::-1])[::-1][first]  # correct with confidence >= band
+    return kept / c.size, correct_kept / kept, c_sorted[first]
+
+
+def fit_confidence_band(
+    labels: Any,
+    scores: Any,
+    confidences: Any,
+    threshold: float | Threshold,
+    target_accuracy: float | None = None,
+    target_coverage: float | None = None,
+) -> float:
+    """Choose the band for `decide` on validation data, from `coverage_accuracy_curve`.
+
+    target_accuracy (default 0.95 when neither target is given): the smallest band whose kept
+    decisions reach that accuracy, i.e. the highest coverage that does; raises when no band does.
+    target_coverage: the largest band that still keeps at least that fraction of samples.
+    """
+    if target_accuracy is not None and target_coverage is not None:
+        raise RealfaceError("give target_accuracy or target_coverage, not both")
+    coverage, acc, bands = coverage_accuracy_curve(labels, scores, confidences, threshold)
+    if target_coverage is not None:
+        if not 0.0 < float(target_coverage) <= 1.0:
+            raise RealfaceError(f"target_coverage must be in (0, 1], got {target_coverage}")
+        return float(bands[np.flatnonzero(coverage >= target_coverage)[-1]])
+    target = 0.95 if target_accuracy is None else float(target_accuracy)
+    if not 0.0 < target <= 1.0:
+        raise RealfaceError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+    reached = np.flatnonzero(acc >= target)
+    if reached.size == 0:
+        best = int(np.argmax(acc))
+        raise RealfaceError(
+            f"no confidence band reaches accuracy {target:.3f} on these data; the best is "
+            f"{acc[best]:.3f} at coverage {coverage[best]:.3f}"
+        )
+    return float(bands[reached[0]])

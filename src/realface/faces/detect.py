@@ -1,0 +1,112 @@
+"""Face detectors behind one small interface, looked up by name in `DETECTORS`.
+
+A detector takes an RGB image at its own resolution and returns face boxes in that image's pixel
+coordinates. To add a backend, write a class with `detect(rgb) -> list[Detection]` and register a factory:
+`DETECTORS["my-backend"] = MyDetector` (factories take the keyword arguments `max_side` and `min_side`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from realface.errors import RealfaceError
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A face box (x0, y0, x1, y1) in pixels of the image given to the detector, and its score."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+class FaceDetector(Protocol):
+    """Finds faces in an RGB image."""
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        """rgb: (H, W, 3) uint8. Returns every face found, best score first."""
+        ...
+
+
+def working_scale(height: int, width: int, max_side: int, min_side: int) -> float:
+    """Factor that brings an image's longest side into [min_side, max_side] (1.0 when already there)."""
+    longest = max(height, width)
+    if longest > max_side:
+        return max_side / longest
+    if longest < min_side:
+        return min_side / longest
+    return 1.0
+
+
+def resize_by(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """Resize by `scale` (area averaging when shrinking, bilinear when enlarging)."""
+    if scale == 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+class DlibHogDetector:
+    """dlib's HOG + linear SVM frontal face detector, run at a bounded working resolution.
+
+    Images are scaled so their longest side lies in [min_side, max_side] before detection (big frames are
+    shrunk for speed, small crops enlarged because the detector's window is 80 pixels), and boxes are mapped
+    back. Faces narrower than about 80 / scale source pixels are missed.
+    """
+
+    def __init__(self, max_side: int = 640, min_side: int = 320) -> None:
+        import dlib
+
+        if not 0 < min_side <= max_side:
+            raise RealfaceError(f"detector sizes need 0 < min_side <= max_side, got {min_side}, {max_side}")
+        self.max_side = max_side
+        self.min_side = min_side
+        self._detector = dlib.get_frontal_face_detector()
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        scale = working_scale(h, w, self.max_side, self.min_side)
+        small = np.ascontiguousarray(resize_by(rgb, scale))
+        rects, scores, _ = self._detector.run(small, 0, 0.0)
+        found = [
+            Detection(
+                (r.left() / scale, r.top() / scale, (r.right() + 1) / scale, (r.bottom() + 1) / scale),
+                float(s),
+            )
+            for r, s in zip(rects, scores)
+        ]
+        return sorted(found, key=lambda d: -d.score)
+
+
+DETECTORS: dict[str, Callable[..., FaceDetector]] = {
+    "dlib-hog": DlibHogDetector,
+}
+
+
+def make_detector(name: str, *, max_side: int = 640, min_side: int = 320) -> FaceDetector:
+    """The detector registered as `name`."""
+    try:
+        factory = DETECTORS[name]
+    except KeyError:
+        raise RealfaceError(f"unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}") from None
+    return factory(max_side=max_side, min_side=min_side)
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

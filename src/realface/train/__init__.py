@@ -1,0 +1,1 @@
+"""One training engine shared by pretraining and fine-tuning: distributed setup, schedules, checkpoints."""
