@@ -182,7 +182,8 @@ def _open(path: Path):  # -> av.container.InputContainer
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"not a readable video: {' '.join(str(err).split())}") from None
+        reason = getattr(err, "strerror", None) or str(err)
+        raise InputError(f"not a readable video: {' '.join(str(reason).split())}") from None
     if not container.streams.video:
         container.close()
         raise InputError("no video stream in file")

@@ -48,6 +48,7 @@ class PreprocessReport:
 
     out: Path
     manifest: Path
+    errors_file: Path
     inputs: int  # inputs selected (after --shard)
     skipped: int  # of those, already done by an earlier run
     processed: int  # done by this run
@@ -66,7 +67,7 @@ class PreprocessReport:
         lines = [
             f"inputs: {self.inputs} selected, {self.skipped} already done, {self.processed} processed now",
             f"faces: {self.faces} from {self.inputs_ok} inputs; video frames without a face: {self.no_face_frames}",
-            f"errors: {self.errors}" + (f" (see {self.out / ('errors' + self.manifest.name[8:])})" if self.errors else ""),
+            f"errors: {self.errors}" + (f" (see {self.errors_file})" if self.errors else ""),
             f"output: {self.manifest}" + (f" and {len(self.tars)} webdataset tar shard(s)" if self.tars else ""),
         ]
         if not self.ok:
@@ -341,6 +342,7 @@ def preprocess(
     return PreprocessReport(
         out=out,
         manifest=manifest,
+        errors_file=out / f"errors{suffix}.csv",
         inputs=len(items),
         skipped=skipped,
         processed=processed,

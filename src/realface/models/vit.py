@@ -191,7 +191,10 @@ def load_init(encoder: ViTEncoder, path: str | Path) -> LoadReport:
     pos = state.get("pos_embed")
     if pos is not None and pos.shape != own["pos_embed"].shape:
         if pos.ndim != 3 or pos.shape[-1] != own["pos_embed"].shape[-1]:
-            raise RealfaceError(f"{path}: pos_embed {tuple(pos.shape)} does not fit {tuple(own['pos_embed'].shape)}")
+            raise RealfaceError(
+                f"{path}: pos_embed has shape {tuple(pos.shape)}, the encoder expects {tuple(own['pos_embed'].shape)} "
+                "(different model size?)"
+            )
         n_tokens = pos.shape[1]
         side = math.isqrt(n_tokens)
         prefix = n_tokens - side * side

@@ -1,0 +1,91 @@
+"""Read what `realface preprocess` wrote, so training never detects faces again.
+
+`read_face_manifest` accepts:
+- a face manifest CSV (`manifest.csv` or a shard's `manifest.shard{i}of{n}.csv`);
+- a preprocess output folder: all its `manifest*.csv` files, shards merged;
+- a plain folder of face crops (images, searched recursively) with no manifest: each image is one face
+  with `landmarks` None (region masks then need landmarks found some other way), label taken from a
+  `real`/`fake` folder name on its path when there is one, else "".
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from realface.errors import RealfaceError
+from realface.faces.media import IMAGE_SUFFIXES
+
+_FIXED = ("path", "source", "frame", "face", "x0", "y0", "x1", "y1", "score", "landmarks", "label")
+_LABEL_FOLDERS = ("real", "fake")
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One aligned face crop and what preprocess knew about it."""
+
+    path: Path  # the crop, absolute
+    landmarks: np.ndarray | None  # (68, 2) float32 crop pixels; None for a plain folder of crops
+    label: str = ""
+    source: str = ""  # the image or video it came from
+    frame: int = -1  # video frame index; -1 for an image
+    extra: dict[str, str] = field(default_factory=dict)  # other columns carried from the input manifest
+
+
+def parse_landmarks(text: str) -> np.ndarray:
+    """"x0 y0 x1 y1 ..." -> (68, 2) float32."""
+    values = np.array(text.split(), dtype=np.float32)
+    if values.size != 136:
+        raise ValueError(f"expected 136 landmark numbers, got {values.size}")
+    return values.reshape(68, 2)
+
+
+def _read_csv(path: Path) -> list[FaceRecord]:
+    records = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise RealfaceError(f"{path}: not a face manifest (no 'path' column)")
+        for line, row in enumerate(reader, start=2):
+            try:
+                landmarks = parse_landmarks(row["landmarks"]) if row.get("landmarks") else None
+                frame = int(row.get("frame") or -1)
+            except ValueError as err:
+                raise RealfaceError(f"{path}:{line}: {err}") from None
+            records.append(
+                FaceRecord(
+                    path=(path.parent / row["path"]).absolute(),
+                    landmarks=landmarks,
+                    label=row.get("label") or "",
+                    source=row.get("source") or "",
+                    frame=frame,
+                    extra={k: v or "" for k, v in row.items() if k not in _FIXED and k is not None},
+                )
+            )
+    return records
+
+
+def _label_from_path(path: Path) -> str:
+    for part in reversed(path.parts[:-1]):
+        if part.lower() in _LABEL_FOLDERS:
+            return part.lower()
+    return ""
+
+
+def read_face_manifest(path: Path) -> list[FaceRecord]:
+    """Face records from a manifest file, a preprocess output folder, or a plain folder of crops."""
+    path = Path(path)
+    if path.is_file():
+        return _read_csv(path)
+    if not path.is_dir():
+        raise RealfaceError(f"face manifest or folder not found: {path}")
+    manifests = sorted(path.glob("manifest*.csv"))
+    if manifests:
+        return [record for manifest in manifests for record in _read_csv(manifest)]
+    crops = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not crops:
+        raise RealfaceError(f"{path}: no manifest*.csv and no face images")
+    return [FaceRecord(path=p.absolute(), landmarks=None, label=_label_from_path(p.relative_to(path))) for p in crops]

@@ -1,0 +1,274 @@
+"""What every detector shares: its configuration, its output, its interface, and the pieces they compose.
+
+A detector is an encoder (or two) plus a head. Inputs are faces (N, 3, H, W) normalized with the
+preprocessing of the weights; labels are (N,) long with 1 = fake, 0 = real; class index 1 of the logits
+is "fake".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+
+from realface.errors import RealfaceError
+from realface.models.explain import gradient_x_input
+from realface.models.vit import ENCODERS, ViTEncoder, build_encoder
+
+if TYPE_CHECKING:
+    from realface.models.pretrainer import ModelConfig, Pretrainer
+
+POOLS = ("avg", "cls")
+NUM_CLASSES = 2  # 0 = real, 1 = fake
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to rebuild a detector; saved as JSON next to its weights.
+
+    Fields marked (rffr) or (competitive) are read only by that detector and ignored by the others.
+    """
+
+    name: str = "vit"  # detector, a name in realface.models.detectors.DETECTORS
+    encoder: str = "vit_tiny_patch16"  # a name in realface.models.vit.ENCODERS (must match the pretrainer's)
+    img_size: int = 224  # input side in pixels, a multiple of the patch size
+    pool: str = "avg"  # "avg": mean of the patch tokens; "cls": the CLS token
+    drop_path: float = 0.1  # stochastic depth rate of the trained encoders
+    freeze: bool = False  # linear probe: encoders frozen (eval mode, no grad), only the heads train (vit, rffr)
+    label_smoothing: float = 0.1  # label smoothing of the cross-entropy losses
+    layer_decay: float = 0.75  # layer-wise lr decay for the training loop (lr * decay ** (num_layers - layer)); 1 = off
+    rffr_blocks: int = 4  # (rffr) k: the patch grid is tiled by k*k blocks, each reconstructed from the rest
+    mae_decoder_dim: int = 256  # (rffr) width of the frozen MAE's decoder (copied from the pretrainer)
+    mae_decoder_depth: int = 4  # (rffr) blocks of the frozen MAE's decoder
+    mae_decoder_heads: int = 8  # (rffr) attention heads of the frozen MAE's decoder
+    mae_norm_pix: bool = True  # (rffr) the MAE predicts per-patch normalized pixels
+    fusion_lambda: float = 1.0  # (competitive) branch fusion weights = softmax(-fusion_lambda * (u1, u2))
+    corr_weight: float = 0.1  # (competitive) weight of the Pearson decorrelation loss
+    edl_weight: float = 1.0  # (competitive) weight of each branch's evidential loss
+    edl_anneal: float = 0.5  # (competitive) the EDL KL term ramps 0 -> 1 over this fraction of training; 0 = full at once
+
+    def __post_init__(self) -> None:
+        from realface.models.detectors import DETECTORS  # the registry imports this module
+
+        if self.name not in DETECTORS:
+            raise RealfaceError(f"unknown detector {self.name!r}; choose one of {', '.join(DETECTORS)}")
+        if self.encoder not in ENCODERS:
+            raise RealfaceError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        patch = ENCODERS[self.encoder].patch
+        if self.img_size <= 0 or self.img_size % patch:
+            raise RealfaceError(f"img_size {self.img_size} must be a positive multiple of the patch size {patch}")
+        if self.pool not in POOLS:
+            raise RealfaceError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise RealfaceError(f"drop_path {self.drop_path} must be in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise RealfaceError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise RealfaceError(f"layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
+        side = self.img_size // patch
+        if not 2 <= self.rffr_blocks <= side:
+            raise RealfaceError(
+                f"rffr_blocks {self.rffr_blocks} must be in [2, {side}] (blocks per side of the {side}x{side} patch grid)"
+            )
+        for key in ("mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads"):
+            if getattr(self, key) <= 0:
+                raise RealfaceError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.fusion_lambda < 0 or self.corr_weight < 0 or self.edl_weight < 0:
+            raise RealfaceError("fusion_lambda, corr_weight and edl_weight must be >= 0 (0 turns a term off)")
+        if not 0.0 <= self.edl_anneal <= 1.0:
+            raise RealfaceError(f"edl_anneal {self.edl_anneal} must be a fraction of training in [0, 1]")
+        if self.freeze and self.name == "competitive":
+            raise RealfaceError("freeze is not supported by 'competitive': its branches must train to diverge")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.img_size // ENCODERS[self.encoder].patch
+        return side, side
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> DetectorConfig:
+        """Build from a dict (e.g. JSON); unknown keys raise RealfaceError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RealfaceError(f"unknown detector config keys: {', '.join(unknown)}")
+        return cls(**data)  # type: ignore[arg-type]
+
+    @classmethod
+    def for_pretrainer(cls, name: str, model_cfg: ModelConfig, **overrides: object) -> DetectorConfig:
+        """A config whose encoder, input size and MAE decoder shape are the pretrainer's; `overrides` win."""
+        base: dict[str, object] = {
+            "name": name,
+            "encoder": model_cfg.encoder,
+            "img_size": model_cfg.img_size,
+            "mae_decoder_dim": model_cfg.decoder_dim,
+            "mae_decoder_depth": model_cfg.decoder_depth,
+            "mae_decoder_heads": model_cfg.decoder_heads,
+            "mae_norm_pix": model_cfg.norm_pix_loss,
+        }
+        return cls.from_dict({**base, **overrides})
+
+
+@dataclass
+class DetectorOutput:
+    """Result of a detector's forward pass."""
+
+    logits: torch.Tensor  # (N, 2) class scores, index 1 = fake
+    prob_fake: torch.Tensor  # (N,) softmax probability of "fake"
+    uncertainty: torch.Tensor | None  # (N,) in (0, 1], higher = less sure; None for detectors without one
+    extras: dict[str, torch.Tensor]  # detector-specific tensors (features, residual, branch outputs)
+
+
+class Detector(nn.Module):
+    """Common interface. Subclasses implement `forward` and `loss`; the rest has defaults.
+
+    heatmap default: gradient x input of the fake-vs-real logit margin (see `realface.models.explain`).
+    """
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, images: torch.Tensor) -> DetectorOutput:  # images: (N, 3, H, W) normalized
+        raise NotImplementedError
+
+    def loss(
+        self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, parts): the batch's mean loss and its named parts as detached scalars.
+
+        labels: (N,) long, 1 = fake; progress: fraction of training done, in [0, 1] (for annealed terms).
+        """
+        raise NotImplementedError
+
+    def heatmap(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) in [0, 1]: where the model sees forgery. Call `eval()` first for a deterministic map."""
+        return gradient_x_input(lambda x: fake_margin(self(x).logits), images)
+
+    def export(self, calibration: torch.Tensor | None = None) -> Detector:
+        """A lighter model for inference with the same interface (default: self). calibration: (N, 3, H, W)."""
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        """Depth for layer-wise lr decay: patch embedding = 0, block i = i + 1, heads and final norms = depth + 1."""
+        return ENCODERS[self.config.encoder].depth + 1
+
+    def layer_of(self, param_name: str) -> int:
+        """Layer of a parameter for `realface.train.schedule.param_groups` (see `num_layers`)."""
+        return encoder_layer(param_name, self.num_layers)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Submodules that stay in eval mode and get no gradient."""
+        return []
+
+    def train(self, mode: bool = True) -> Detector:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# shared pieces
+
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBED = ("patch_embed", "cls_token", "pos_embed", "reg_token")
+
+
+def encoder_layer(param_name: str, num_layers: int) -> int:
+    """0 for embeddings, i + 1 for "...blocks.i...", num_layers for everything else (norms, heads)."""
+    match = _BLOCK.search(param_name)
+    if match:
+        return int(match.group(1)) + 1
+    if any(key in param_name for key in _EMBED):
+        return 0
+    return num_layers
+
+
+def fake_margin(logits: torch.Tensor) -> torch.Tensor:
+    """logits (N, 2) -> (N,) fake-minus-real logit, the log-odds of "fake"."""
+    return logits[:, 1] - logits[:, 0]
+
+
+def pool_tokens(tokens: torch.Tensor, how: str) -> torch.Tensor:
+    """tokens (N, 1 + L, D), CLS first -> (N, D): mean of patch tokens ("avg") or the CLS token ("cls")."""
+    return tokens[:, 1:].mean(dim=1) if how == "avg" else tokens[:, 0]
+
+
+class ClassifierHead(nn.Module):
+    """LayerNorm + linear layer to the 2 classes (MAE's fine-tuning fc_norm + head)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, NUM_CLASSES)
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N, 2)
+        return self.fc(self.norm(features))
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Mean cross-entropy with label smoothing; logits (N, 2) any float dtype, labels (N,) long."""
+    check_labels(labels, logits.shape[0])
+    return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+
+
+def check_labels(labels: torch.Tensor, n: int) -> None:
+    if labels.dtype != torch.long or labels.shape != (n,):
+        raise RealfaceError(f"labels must be a ({n},) long tensor (1 = fake), got {tuple(labels.shape)} {labels.dtype}")
+
+
+def check_progress(progress: float) -> None:
+    if not 0.0 <= progress <= 1.0:
+        raise RealfaceError(f"progress {progress} must be the fraction of training done, in [0, 1]")
+
+
+def output_from_logits(logits: torch.Tensor, uncertainty: torch.Tensor | None, extras: dict) -> DetectorOutput:
+    prob_fake = logits.float().softmax(dim=-1)[:, 1]  # (N,)
+    return DetectorOutput(logits=logits, prob_fake=prob_fake, uncertainty=uncertainty, extras=extras)
+
+
+def load_encoder_state(encoder: ViTEncoder, state: dict[str, torch.Tensor]) -> None:
+    """Copy encoder weights in place (strict); the position embedding is resampled if the grid differs."""
+    state = dict(state)
+    pos, own = state.get("pos_embed"), encoder.pos_embed
+    if pos is not None and pos.shape != own.shape:
+        side = int(round((pos.shape[1] - 1) ** 0.5))
+        if pos.shape[-1] != own.shape[-1] or side * side != pos.shape[1] - 1:
+            raise RealfaceError(f"pos_embed {tuple(pos.shape)} does not fit the encoder's {tuple(own.shape)}")
+        state["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(encoder.grid), old_size=[side, side], num_prefix_tokens=1)
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise RealfaceError(f"pretrained encoder weights do not fit {encoder.spec}: {err}") from None
+
+
+def make_encoder(config: DetectorConfig, pretrainer: Pretrainer | None, drop_path: float | None = None) -> ViTEncoder:
+    """A detector encoder: random init without a pretrainer, else a copy of `pretrainer.encoder`'s weights."""
+    encoder = build_encoder(config.encoder, img_size=config.img_size, drop_path=config.drop_path if drop_path is None else drop_path)
+    if pretrainer is not None:
+        if pretrainer.config.encoder != config.encoder:
+            raise RealfaceError(
+                f"the detector's encoder {config.encoder!r} differs from the pretrained {pretrainer.config.encoder!r}; "
+                "use DetectorConfig.for_pretrainer"
+            )
+        load_encoder_state(encoder, pretrainer.encoder.state_dict())
+    return encoder
+
+
+def freeze_(module: nn.Module) -> nn.Module:
+    """No gradient and eval mode, in place; returns the module."""
+    module.requires_grad_(False)
+    return module.eval()

@@ -1,0 +1,164 @@
+"""`rffr` (RFFR): classify a face together with what the real-face MAE cannot explain in it.
+
+1. The patch grid is tiled by k*k blocks (`block_ids`). For each block the frozen MAE sees every other
+   patch and reconstructs that block; each patch's reconstruction comes from the variant that masked its
+   block, so it is predicted from its real-face context only.
+2. residual = reconstruction - input, in the normalized input space: (N, 3, H, W). With a norm_pix MAE
+   the prediction is un-normalized with the patch's own mean and std (as `MaskedAutoencoder.reconstruct`
+   does), so the residual shows structure the model cannot explain, not colour.
+3. Two streams, each an encoder initialised from the pretrained one: one reads the face, one reads the
+   residual; their pooled features are concatenated and a linear head classifies them. Two streams rather
+   than one encoder on a 6-channel input: each stream keeps the pretrained 3-channel patch embedding
+   (a 6-channel one would be new or a duplicated guess), and the face and its residual are not mixed
+   before the first attention layer (RFFR does the same).
+
+One face costs one batched MAE call of k*k samples. All samples of a batch must mask the same number of
+patches, so when k does not divide the grid (blocks of unequal size) every variant is padded to the
+largest block by also masking the patches farthest from its block; their predictions are not used, and
+the block's own neighbourhood stays visible. When k divides the grid there is no padding. Cost grows
+with k*k: fewer, larger blocks are faster, smaller blocks leave more context per reconstruction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from realface.errors import RealfaceError
+from realface.models.detectors.base import (
+    ClassifierHead,
+    Detector,
+    DetectorConfig,
+    DetectorOutput,
+    ce_loss,
+    freeze_,
+    make_encoder,
+    output_from_logits,
+    pool_tokens,
+)
+from realface.models.explain import normalize_maps
+from realface.models.mae import MaskedAutoencoder
+from realface.models.masking import mask_to_indices
+from realface.models.pretrainer import Pretrainer
+from realface.models.vit import ViTEncoder
+
+
+def block_ids(grid: tuple[int, int], k: int) -> torch.Tensor:
+    """(gh*gw,) long: the block of each patch (row-major), blocks numbered row-major in a k x k layout.
+
+    Rows are cut into k bands at floor(i * gh / k), columns likewise, so bands differ by at most one patch.
+    """
+    gh, gw = grid
+    if not 1 <= k <= min(gh, gw):
+        raise RealfaceError(f"{k} blocks per side do not fit a {gh}x{gw} patch grid")
+    rows = torch.bucketize(torch.arange(gh), torch.arange(1, k) * gh // k, right=True)  # (gh,) band of each row
+    cols = torch.bucketize(torch.arange(gw), torch.arange(1, k) * gw // k, right=True)  # (gw,)
+    return (rows[:, None] * k + cols[None, :]).reshape(-1)
+
+
+def variant_masks(grid: tuple[int, int], k: int) -> torch.Tensor:
+    """(k*k, gh*gw) bool, True = masked: variant b masks block b, padded to the largest block's size.
+
+    Padding patches are those farthest (Euclidean distance to the nearest patch of the block, ties by
+    index) from block b, so the block's nearby context stays visible.
+    """
+    ids = block_ids(grid, k)  # (L,)
+    gh, gw = grid
+    rr, cc = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    pos = torch.stack([rr.reshape(-1), cc.reshape(-1)], dim=1).float()  # (L, 2)
+    masks = torch.stack([ids == b for b in range(k * k)])  # (B, L)
+    size = int(masks.sum(dim=1).max())
+    for b in range(k * k):
+        extra = size - int(masks[b].sum())
+        if extra:
+            dist = torch.cdist(pos, pos[masks[b]]).min(dim=1).values  # (L,) distance to block b
+            dist[masks[b]] = -1.0  # never pick the block itself
+            order = torch.sort(-dist, stable=True).indices  # farthest first, ties by index
+            masks[b, order[:extra]] = True
+    return masks
+
+
+def reconstruct_by_blocks(mae: MaskedAutoencoder, images: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Every patch reconstructed by the variant that masked its block: (N, 3, H, W), input space.
+
+    images: (N, 3, H, W); masks: (B, L) bool from `variant_masks`; ids: (L,) from `block_ids`.
+    All N*B variants go through the MAE in one batch.
+    """
+    n, b, num = images.shape[0], masks.shape[0], masks.shape[1]
+    reps = images.unsqueeze(1).expand(n, b, *images.shape[1:]).reshape(n * b, *images.shape[1:])  # (N*B, 3, H, W)
+    idx = mask_to_indices(masks.unsqueeze(0).expand(n, b, num).reshape(n * b, num))
+    latent = mae.forward_encoder(reps, idx.keep_idx)  # (N*B, 1 + L_keep, D)
+    pred = mae.forward_decoder(latent, idx.restore_idx)  # (N*B, L, p*p*3)
+    pred = pred.reshape(n, b, num, -1)
+    own = ids.view(1, 1, num, 1).expand(n, 1, num, pred.shape[-1])  # variant of each patch
+    pred = pred.gather(1, own).squeeze(1).to(images.dtype)  # (N, L, p*p*3)
+    _, mean, std = mae.target(images)  # (N, L, 1) each
+    return mae.unpatchify(pred * std + mean)
+
+
+class RFFRDetector(Detector):
+    """Frozen MAE -> residual; face stream + residual stream -> concatenated features -> head."""
+
+    def __init__(
+        self, config: DetectorConfig, mae: MaskedAutoencoder, face_encoder: ViTEncoder, residual_encoder: ViTEncoder
+    ) -> None:
+        super().__init__(config)
+        self.mae = freeze_(mae)
+        self.face_encoder = freeze_(face_encoder) if config.freeze else face_encoder
+        self.residual_encoder = freeze_(residual_encoder) if config.freeze else residual_encoder
+        self.head = ClassifierHead(face_encoder.embed_dim + residual_encoder.embed_dim)
+        grid = mae.encoder.grid
+        self.register_buffer("block_ids", block_ids(grid, config.rffr_blocks), persistent=False)  # (L,)
+        self.register_buffer("variant_masks", variant_masks(grid, config.rffr_blocks), persistent=False)  # (B, L)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        streams = [self.face_encoder, self.residual_encoder] if self.config.freeze else []
+        return [self.mae, *streams]
+
+    @torch.no_grad()
+    def residual(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) -> reconstruction - images (N, 3, H, W), no gradient."""
+        return reconstruct_by_blocks(self.mae, images, self.variant_masks, self.block_ids) - images
+
+    def forward(self, images: torch.Tensor) -> DetectorOutput:
+        residual = self.residual(images)  # (N, 3, H, W)
+        f_face = pool_tokens(self.face_encoder.forward_features(images), self.config.pool)  # (N, D)
+        f_res = pool_tokens(self.residual_encoder.forward_features(residual), self.config.pool)  # (N, D)
+        features = torch.cat([f_face, f_res], dim=1)  # (N, 2D)
+        return output_from_logits(self.head(features), None, {"residual": residual, "features": features})
+
+    def loss(
+        self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = ce_loss(output.logits, labels, self.config.label_smoothing)
+        return loss, {"ce": loss.detach()}
+
+    def heatmap(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) in [0, 1]: |residual| averaged over channels, divided by its 99th percentile per face."""
+        return normalize_maps(self.residual(images).abs().mean(dim=1))
+
+
+def build_mae(config: DetectorConfig, pretrainer: Pretrainer | None) -> MaskedAutoencoder:
+    """The MAE at the detector's input size: random, or the pretrainer's encoder and decoder weights."""
+    mae = MaskedAutoencoder(
+        make_encoder(config, pretrainer, drop_path=0.0),
+        decoder_dim=config.mae_decoder_dim,
+        decoder_depth=config.mae_decoder_depth,
+        decoder_heads=config.mae_decoder_heads,
+        norm_pix_loss=config.mae_norm_pix,
+    )
+    if pretrainer is None:
+        return mae
+    src = pretrainer.config
+    if (src.decoder_dim, src.decoder_depth, src.decoder_heads, src.norm_pix_loss) != (
+        config.mae_decoder_dim, config.mae_decoder_depth, config.mae_decoder_heads, config.mae_norm_pix
+    ):
+        raise RealfaceError("the rffr MAE decoder settings differ from the pretrainer's; use DetectorConfig.for_pretrainer")
+    decoder = {k: v for k, v in pretrainer.mae.state_dict().items() if not k.startswith("encoder.")}
+    result = mae.load_state_dict(decoder, strict=False)  # the decoder needs no resizing: its positions are a buffer
+    if result.unexpected_keys or any(not k.startswith("encoder.") for k in result.missing_keys):
+        raise RealfaceError(f"pretrained MAE decoder does not fit: {result}")
+    return mae
+
+
+def build_rffr(config: DetectorConfig, pretrainer: Pretrainer | None) -> RFFRDetector:
+    return RFFRDetector(config, build_mae(config, pretrainer), make_encoder(config, pretrainer), make_encoder(config, pretrainer))

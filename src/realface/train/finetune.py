@@ -1,0 +1,199 @@
+"""`realface finetune`: turn a real-face representation into a forgery (or spoof) detector.
+
+Composes the shared pieces: labelled faces and SBI pseudo-fakes (`data.labelled`), the detectors
+(`models.detectors`), the loop (`train.engine`). The best epoch is chosen on validation AUC of data from the
+training distribution (never a test set); on that checkpoint the decision threshold and confidence band are
+fitted on the same validation set and stored in RUN/decision.json, which `realface detect` uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from realface.data.augment import WildAugmentConfig
+from realface.data.faceset import Preprocessing
+from realface.data.labelled import DetectionFaces, build_items
+from realface.errors import RealfaceError
+from realface.eval.metrics import roc_auc
+from realface.models.detectors import DETECTORS, DetectorConfig
+from realface.predict import score_batches
+from realface.train import checkpoint as ckpt
+from realface.train.distributed import init_distributed, shutdown_distributed
+from realface.train.engine import History, TrainConfig, fit
+from realface.train.pretrain import load_face_records
+from realface.train.schedule import param_groups
+
+DECISION = "decision.json"
+
+
+def split_records(records: list, split_column: str = "split") -> tuple[list, list]:
+    """(train, val) by a manifest column `split` (values 'train' / 'val'); other values are dropped."""
+    train = [r for r in records if r.extra.get(split_column, "train") == "train"]
+    val = [r for r in records if r.extra.get(split_column) == "val"]
+    return train, val
+
+
+class FinetuneTask:
+    """Plugs a detector into `fit`; selects on validation AUC when a validation set is given."""
+
+    def __init__(self, val_set: DetectionFaces | None, batch_size: int, workers: int) -> None:
+        self.val_set = val_set
+        self.batch_size = batch_size
+        self.workers = workers
+        self.progress = 0.0  # fraction of training done, for annealed loss terms
+        self.selection = ("val_auc", "max") if val_set is not None else ("train_loss", "min")
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        core = getattr(model, "module", model)  # the detector inside DDP
+        out = model(batch["image"])
+        return core.loss(out, batch["label"], self.progress)
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        self.progress = (step + 1) / total_steps
+
+    def validation_scores(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray | None]:
+        loader = DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.workers)
+        device = next(model.parameters()).device
+        return score_batches(model, (b["image"] for b in loader), device)
+
+    def end_of_epoch(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, float]:
+        if self.val_set is None:
+            return {}
+        probs, _ = self.validation_scores(model)
+        return {"val_auc": roc_auc(self.val_set.labels(), probs)}
+
+
+def fit_decision(labels: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray | None, policy: str = "eer") -> dict:
+    """Threshold (by `policy`) and confidence band fitted on validation scores, as stored in decision.json.
+
+    Confidence is 1 - uncertainty for evidential detectors, else the distance of p(fake) from the threshold
+    (realface.eval.thresholds.distance_confidence). The band is the smallest confidence at which the kept
+    validation faces reach 95% accuracy; when no band does, the band that keeps 80% of them.
+    """
+    from realface.eval.metrics import binary_report
+    from realface.eval.thresholds import distance_confidence, fit_confidence_band, fit_threshold
+
+    threshold = fit_threshold(labels, probs, policy)
+    kind = "evidential" if uncertainty is not None else "distance"
+    conf = 1.0 - uncertainty if uncertainty is not None else distance_confidence(probs, threshold.value)
+    try:
+        band = fit_confidence_band(labels, probs, conf, threshold.value, target_accuracy=0.95)
+    except RealfaceError:
+        band = fit_confidence_band(labels, probs, conf, threshold.value, target_coverage=0.8)
+    kept = conf >= band
+    return {
+        "threshold": threshold.to_dict(),
+        "confidence": kind,
+        "band": float(band),
+        "val": {
+            **{k: v for k, v in binary_report(labels, probs, threshold.value).items() if isinstance(v, (int, float))},
+            "coverage": float(kept.mean()),
+        },
+    }
+
+
+def finetune(
+    data: list[Path],
+    out: Path,
+    *,
+    detector_cfg: DetectorConfig,
+    train_cfg: TrainConfig,
+    pretrained: Path | None,
+    val: list[Path] | None = None,
+    labelled_fakes: bool = True,
+    sbi_ratio: float = 0.0,
+    augment: bool = True,
+    threshold_policy: str = "eer",
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    limit: int | None = None,
+    max_steps_per_epoch: int | None = None,
+) -> History:
+    """Fine-tune a detector and write the run to `out`: checkpoints, config.json, decision.json.
+
+    data: face manifests from `realface preprocess` (label column real/fake or live/spoof). Without `val`,
+    rows with split=val in `data` are the validation set. pretrained: a `realface pretrain` run folder, or
+    None for a randomly initialised encoder.
+    """
+    from realface.models.pretrained import load_pretrainer
+
+    out = Path(out)
+    if resume:
+        saved = ckpt.read_json(out / ckpt.CONFIG)
+        detector_cfg = DetectorConfig.from_dict(saved["detector"])
+        train_cfg = TrainConfig.from_dict({**saved["train"], "epochs": train_cfg.epochs})
+    elif (out / "last").exists():
+        raise RealfaceError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    torch.manual_seed(train_cfg.seed)
+    dist_info = init_distributed(device)
+    try:
+        records = load_face_records(data)
+        train_records, val_records = split_records(records)
+        if val:
+            val_records = load_face_records(val)
+        if limit:
+            train_records, val_records = train_records[:limit], val_records[:limit]
+        pretrainer, pre = (None, Preprocessing(img_size=detector_cfg.img_size))
+        if pretrained is not None:
+            pretrainer, pre = load_pretrainer(pretrained)
+            if pre.img_size != detector_cfg.img_size:
+                pre = Preprocessing.from_dict({**pre.to_dict(), "img_size": detector_cfg.img_size})
+        detector = DETECTORS[detector_cfg.name](detector_cfg, pretrainer)
+        del pretrainer
+
+        items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio)
+        if len({it.label for it in items}) < 2:
+            raise RealfaceError("training needs both classes: add labelled fakes or --pseudo-fakes sbi")
+        train_set = DetectionFaces(items, pre, seed=train_cfg.seed, augment=WildAugmentConfig() if augment else None)
+        val_set = None
+        if val_records:
+            val_set = DetectionFaces(build_items(val_records), pre, seed=train_cfg.seed)
+        micro = train_cfg.micro_batch(dist_info.world_size)
+        task = FinetuneTask(val_set, micro, train_cfg.workers)
+        run_config = {
+            "kind": "detector",
+            "detector": detector_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "preprocessing": pre.to_dict(),
+            "data": [str(p) for p in data],
+            "val": [str(p) for p in val] if val else "split=val rows of data",
+            "pretrained": str(pretrained) if pretrained else None,
+            "labelled_fakes": labelled_fakes,
+            "sbi_ratio": sbi_ratio,
+            "num_train": len(items),
+            "num_val": len(val_set) if val_set else 0,
+        }
+        groups = param_groups(
+            detector,
+            train_cfg.weight_decay,
+            layer_decay=detector_cfg.layer_decay,
+            num_layers=detector.num_layers,
+            layer_of=detector.layer_of,
+        )
+        history = fit(
+            detector,
+            train_set,
+            task,
+            train_cfg,
+            out,
+            dist_info,
+            groups,
+            run_config,
+            resume=resume,
+            progress=progress,
+            max_steps_per_epoch=max_steps_per_epoch,
+        )
+        if dist_info.is_main and val_set is not None:
+            detector.load_state_dict(ckpt.load_weights(out / "best" / ckpt.WEIGHTS))
+            probs, unc = task.validation_scores(detector)
+            ckpt.write_json(out / DECISION, fit_decision(val_set.labels(), probs, unc, threshold_policy))
+        return history
+    finally:
+        shutdown_distributed()

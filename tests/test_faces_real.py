@@ -1,0 +1,120 @@
+"""The face pipeline on real files: UTKFace and DFDC crops, FF++ video frames, skimage's astronaut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from skimage import data
+
+from realface.errors import InputError, RealfaceError
+from realface.faces.align import five_points, template_points
+from realface.faces.detect import DETECTORS, make_detector
+from realface.faces.media import probe_video, read_frames, read_image, sample_indices
+from realface.faces.pipeline import ASSUMED_SCORE, FacePipeline, PipelineConfig, no_face_message
+
+UTKFACE = ["images/100_0_0_20170112213500903.jpg", "images/32_1_0_20170117134801098.jpg", "images/58_0_3_20170119211539872.jpg"]
+DFDC = ["faces/aabqyygbaa.jpg", "faces/gmgyplntat.jpg"]
+DFDC_UNDETECTED = "faces/aaivbtdyjn.jpg"  # HOG finds no face here, even with the border extended
+VIDEOS = ["original/519.mp4", "NeuralTextures/004_982.mp4"]  # 640x480 and 1280x720
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> FacePipeline:
+    return FacePipeline(PipelineConfig(crop_size=224, margin=1.3, frames=4))
+
+
+def _check_face(face, size: int = 224) -> None:
+    assert face.crop.shape == (size, size, 3) and face.crop.dtype == np.uint8
+    assert face.landmarks.shape == (68, 2) and face.source_landmarks.shape == (68, 2)
+    # Alignment puts the eyes, nose tip and mouth corners near the template (faces differ in shape).
+    error = np.linalg.norm(five_points(face.landmarks) - template_points(size, 1.3), axis=1)
+    assert error.max() < 0.08 * size, error
+    lm = face.landmarks
+    assert lm[36:48, 1].mean() < lm[30, 1] < lm[48:60, 1].mean()  # eyes above nose above mouth
+    assert 0.5 * face.crop.std() > 0 and face.crop.mean() > 10  # a picture, not an empty border
+
+
+def test_astronaut(pipeline: FacePipeline) -> None:
+    faces = pipeline.faces_in_image(data.astronaut())
+    assert len(faces) == 1
+    face = faces[0]
+    _check_face(face)
+    x0, y0, x1, y1 = face.bbox
+    assert 150 < x0 < x1 < 300 and 50 < y0 < y1 < 200 and face.score > 0
+    # Source landmarks inside the box's neighbourhood, and mapped to the crop by the matrix.
+    assert np.all((face.source_landmarks >= [x0 - 20, y0 - 40]) & (face.source_landmarks <= [x1 + 20, y1 + 20]))
+
+
+@pytest.mark.parametrize("name", UTKFACE)
+def test_utkface_crops(pipeline: FacePipeline, shared_data: Path, name: str) -> None:
+    rgb = read_image(shared_data / "utkface" / name)
+    assert rgb.shape == (200, 200, 3)
+    faces = pipeline.faces_in_image(rgb)
+    assert len(faces) >= 1 and faces[0].score >= 0
+    _check_face(faces[0])
+
+
+@pytest.mark.parametrize("name", DFDC)
+def test_dfdc_crops(pipeline: FacePipeline, shared_data: Path, name: str) -> None:
+    faces = pipeline.faces_in_image(read_image(shared_data / "dfdc" / name))
+    assert len(faces) >= 1
+    _check_face(faces[0])
+
+
+def test_assume_cropped(shared_data: Path) -> None:
+    rgb = read_image(shared_data / "dfdc" / DFDC_UNDETECTED)
+    plain = PipelineConfig(frames=4)
+    assert FacePipeline(plain).faces_in_image(rgb) == []
+    assert "--assume-cropped" in no_face_message(*rgb.shape[:2], plain)
+    assumed = FacePipeline(PipelineConfig(frames=4, assume_cropped=True)).faces_in_image(rgb)
+    assert len(assumed) == 1 and assumed[0].score == ASSUMED_SCORE
+    assert assumed[0].bbox == (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0]))
+    _check_face(assumed[0])
+    # A big landscape image without a face is not mistaken for a crop.
+    assert "--assume-cropped" not in no_face_message(1080, 1920, plain)
+
+
+@pytest.mark.parametrize("name", VIDEOS)
+def test_video_main_track(pipeline: FacePipeline, shared_data: Path, name: str) -> None:
+    path = shared_data / "ffpp-videos" / name
+    info = probe_video(path)
+    frames = pipeline.faces_in_video(path)
+    assert [f.frame for f in frames] == sample_indices(info.count, 4)  # every sampled frame reported
+    assert all(f.face is not None for f in frames), [f.note for f in frames]
+    for f in frames:
+        _check_face(f.face)
+        x0, y0, x1, y1 = f.face.bbox
+        assert 0 <= x0 < x1 <= info.width and 0 <= y0 < y1 <= info.height
+    centres = np.array([[(f.face.bbox[0] + f.face.bbox[2]) / 2, (f.face.bbox[1] + f.face.bbox[3]) / 2] for f in frames])
+    assert np.ptp(centres, axis=0).max() < 0.25 * info.width  # one person, one track
+
+
+def test_read_frames_match_sequential_decoding(shared_data: Path) -> None:
+    path = shared_data / "ffpp-videos" / "original" / "634.mp4"
+    wanted = [0, 3, 200, 251, 337]
+    got = dict(read_frames(path, wanted))
+    assert sorted(got) == wanted
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in got:
+                np.testing.assert_array_equal(got[index], frame.to_ndarray(format="rgb24"))
+            if index >= 251:
+                break
+
+
+def test_bad_inputs_raise_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    pipe = FacePipeline(PipelineConfig(frames=2))
+    for path in (empty, junk):
+        with pytest.raises(InputError) as err:
+            pipe.faces_in_video(path)
+        assert "\n" not in str(err.value)
+    with pytest.raises(RealfaceError, match="unknown detector"):
+        PipelineConfig(detector="nope")
+    assert "dlib-hog" in DETECTORS and make_detector("dlib-hog").detect(np.zeros((50, 80, 3), np.uint8)) == []
