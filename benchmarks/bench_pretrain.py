@@ -146,7 +146,7 @@ def make_runner(case: Case, batch: int, device: str, seed: int) -> Runner:
         distill_weight=0.1 if case.distill else 0.0,
     )
     model = build_pretrainer(cfg).to(device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05, fused=True)
     imgs = torch.randn(batch, 3, case.img_size, case.img_size, device=device)
     fractions = torch.from_numpy(synthetic_fractions(case.img_size, model.encoder.patch_size, batch, seed))
     return Runner(case, model, opt, imgs, fractions, torch.Generator().manual_seed(seed), [])

@@ -3,6 +3,7 @@ export, heatmaps, and building from a saved pretraining run."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -36,6 +37,24 @@ def faces(n: int, seed: int = 0, size: int = SIZE) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(scope="module")
+def rffr_detector():
+    """A random rffr detector with 2x2 blocks on the 3x3 grid; tests that change it work on a copy."""
+    torch.manual_seed(0)
+    return build_detector(small_config("rffr")).eval()
+
+
+@pytest.fixture(scope="module")
+def competitive_detector():
+    """A competitive detector whose branch 2 was moved away from branch 1, so the branches disagree."""
+    torch.manual_seed(0)
+    detector = build_detector(small_config("competitive", corr_weight=1.0)).eval()
+    with torch.no_grad():
+        for p in detector.branches[1].parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return detector
+
+
 # ------------------------------------------------------------------------------------------------
 # every registered detector
 
@@ -44,12 +63,12 @@ def faces(n: int, seed: int = 0, size: int = SIZE) -> torch.Tensor:
 def test_detector_trains_and_explains(name):
     torch.manual_seed(0)
     detector = build_detector(small_config(name)).train()
-    images, labels = faces(4), torch.tensor([0, 1, 1, 0])
+    images, labels = faces(2), torch.tensor([0, 1])
     out = detector(images)
-    assert out.logits.shape == (4, 2) and out.prob_fake.shape == (4,)
+    assert out.logits.shape == (2, 2) and out.prob_fake.shape == (2,)
     assert ((out.prob_fake >= 0) & (out.prob_fake <= 1)).all()
     if out.uncertainty is not None:
-        assert out.uncertainty.shape == (4,) and ((out.uncertainty > 0) & (out.uncertainty <= 1)).all()
+        assert out.uncertainty.shape == (2,) and ((out.uncertainty > 0) & (out.uncertainty <= 1)).all()
     loss, parts = detector.loss(out, labels, progress=0.5)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert all(v.ndim == 0 and not v.requires_grad for v in parts.values())
@@ -67,7 +86,7 @@ def test_detector_trains_and_explains(name):
     detector.zero_grad(set_to_none=True)
     detector.eval()
     maps = detector.heatmap(images)
-    assert maps.shape == (4, SIZE, SIZE) and torch.isfinite(maps).all()
+    assert maps.shape == (2, SIZE, SIZE) and torch.isfinite(maps).all()
     assert maps.min() >= 0 and maps.max() <= 1 and (maps.amax(dim=(1, 2)) == 1).all()
     assert all(p.grad is None for p in detector.parameters())  # explaining does not touch parameter grads
     assert detector.export() is detector or name == "competitive"
@@ -84,8 +103,8 @@ def test_linear_probe_trains_only_the_head():
     assert sum(len(g["params"]) for g in groups) == len(list(detector.head.parameters()))
 
 
-def test_layer_of_orders_embeddings_blocks_and_head():
-    detector = build_detector(small_config("competitive"))
+def test_layer_of_orders_embeddings_blocks_and_head(competitive_detector):
+    detector = competitive_detector
     depth = 12  # vit_tiny
     assert detector.num_layers == depth + 1
     assert detector.layer_of("branches.1.patch_embed.proj.weight") == 0
@@ -139,10 +158,10 @@ def test_block_layout_covers_every_patch_exactly_once(grid, k):
 
 
 @pytest.mark.parametrize("norm_pix", [False, True])
-def test_rffr_residual_is_zero_on_the_models_own_reconstruction(norm_pix):
-    torch.manual_seed(0)
-    detector = build_detector(small_config("rffr", mae_norm_pix=norm_pix))
+def test_rffr_residual_is_zero_on_the_models_own_reconstruction(rffr_detector, norm_pix):
+    detector = copy.deepcopy(rffr_detector)
     mae = detector.mae
+    mae.norm_pix_loss = norm_pix
     # a decoder whose output is a fixed function: patch l is always predicted as pattern[l], whatever it sees
     pattern = torch.randn(mae.num_patches, mae.decoder_pred.out_features)  # (L, p*p*3)
     if norm_pix:  # the MAE predicts per-patch normalized pixels; the input's own mean and std are put back
@@ -159,23 +178,21 @@ def test_rffr_residual_is_zero_on_the_models_own_reconstruction(norm_pix):
     assert detector.residual(shifted).abs().mean() > 0.1
 
 
-@pytest.mark.parametrize("k", [3, 2])  # 3: one patch per block, no padding; 2: blocks of 1, 2 and 4 patches, padded
-def test_rffr_batched_residual_equals_one_reconstruction_per_block(k):
-    torch.manual_seed(0)
-    detector = build_detector(small_config("rffr", rffr_blocks=k))
-    mae, images = detector.mae, faces(2, seed=3)
-    residual = detector.residual(images)
-    ids, masks = block_ids(mae.encoder.grid, k), variant_masks(mae.encoder.grid, k)
-    p = mae.encoder.patch_size
-    pixel_block = ids.view(3, 3).repeat_interleave(p, 0).repeat_interleave(p, 1)  # (H, W)
-    for b in range(k * k):
-        with torch.no_grad():
-            rec = mae.reconstruct(images, masks[b].expand(2, -1), paste_visible=False)
-        where = pixel_block == b
-        torch.testing.assert_close(residual[..., where], (rec - images)[..., where], atol=1e-5, rtol=1e-4)
-    if k == 3:  # no padding: the variant masks are exactly the blocks
-        assert torch.equal(masks, torch.nn.functional.one_hot(ids, 9).T.bool())
-    assert torch.equal(reconstruct_by_blocks(mae, images, masks, ids), residual + images)
+def test_rffr_batched_residual_equals_one_reconstruction_per_block(rffr_detector):
+    detector, images = rffr_detector, faces(2, seed=3)
+    mae, grid, p = detector.mae, detector.mae.encoder.grid, detector.mae.encoder.patch_size
+    residual = detector.residual(images)  # 2x2 blocks of 1, 2, 2 and 4 patches: padded variants
+    for k in (2, 3):  # 3: one patch per block, no padding
+        ids, masks = block_ids(grid, k), variant_masks(grid, k)
+        batched = residual if k == 2 else reconstruct_by_blocks(mae, images, masks, ids) - images
+        pixel_block = ids.view(grid).repeat_interleave(p, 0).repeat_interleave(p, 1)  # (H, W)
+        for b in range(k * k) if k == 2 else (0, 4, 8):  # every padded variant; corners and centre of 3x3
+            with torch.no_grad():
+                rec = mae.reconstruct(images, masks[b].expand(2, -1), paste_visible=False)
+            where = pixel_block == b
+            torch.testing.assert_close(batched[..., where], (rec - images)[..., where], atol=1e-5, rtol=1e-4)
+        if k == 3:  # no padding: the variant masks are exactly the blocks
+            assert torch.equal(masks, torch.nn.functional.one_hot(ids, 9).T.bool())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,18 +224,15 @@ def test_edl_loss_prefers_confident_correct_and_uncertainty_falls_with_evidence(
     assert u[2] == pytest.approx(1.0, abs=1e-6) and u[1] < u[0] < u[2]
 
 
-def test_fusion_favours_the_less_uncertain_branch():
+def test_fusion_favours_the_less_uncertain_branch(competitive_detector):
     u = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.5, 0.5]])
     w = fusion_weights(u, lam=2.0)
     assert torch.allclose(w.sum(1), torch.ones(3))
     assert w[0, 0] > w[0, 1] and w[1, 1] > w[1, 0] and w[2, 0] == pytest.approx(0.5)
     assert fusion_weights(u, lam=8.0)[0, 0] > w[0, 0]  # a larger lambda trusts the surer branch more
 
-    torch.manual_seed(0)
-    detector = build_detector(small_config("competitive")).eval()
-    with torch.no_grad():  # make the branches disagree
-        for p in detector.branches[1].parameters():
-            p.add_(0.2 * torch.randn_like(p))
+    detector = competitive_detector
+    with torch.no_grad():
         out = detector(faces(6, seed=1))
     ex = out.extras
     assert torch.equal(ex["weights"].argmax(1), ex["u"].argmin(1))
@@ -227,22 +241,25 @@ def test_fusion_favours_the_less_uncertain_branch():
     torch.testing.assert_close(out.uncertainty, (ex["weights"] * ex["u"]).sum(1))
 
 
-def test_competitive_correlation_loss_moves_only_branch_two():
-    detector = build_detector(small_config("competitive", corr_weight=1.0, edl_weight=0.0)).eval()
-    out = detector(faces(3))
-    assert pearson_loss(out.extras["features_b1"], out.extras["features_b2"]) > 0.99  # same init, same features
-    loss, parts = detector.loss(out, torch.tensor([0, 1, 0]), progress=0.0)
-    (loss - parts["ce"]).backward()  # only the correlation term
+def test_competitive_correlation_loss_moves_only_branch_two(competitive_detector):
+    detector = competitive_detector
+    detector.zero_grad(set_to_none=True)
+    out, labels = detector(faces(2)), torch.tensor([0, 1])
+    with_corr, parts = detector.loss(out, labels, progress=0.0)
+    assert 0 < parts["corr"] < 1
+    detector.config = dataclasses.replace(detector.config, corr_weight=0.0)
+    try:
+        without_corr, _ = detector.loss(out, labels, progress=0.0)
+    finally:
+        detector.config = dataclasses.replace(detector.config, corr_weight=1.0)
+    (with_corr - without_corr).backward()  # the gradient of the correlation term alone
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in detector.branches[0].parameters())
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in detector.branches[1].parameters())
+    detector.zero_grad(set_to_none=True)
 
 
-def test_competitive_export_keeps_the_chosen_branch_and_head():
-    torch.manual_seed(0)
-    detector = build_detector(small_config("competitive")).eval()
-    with torch.no_grad():
-        for p in detector.branches[0].parameters():
-            p.add_(0.2 * torch.randn_like(p))
+def test_competitive_export_keeps_the_chosen_branch_and_head(competitive_detector):
+    detector = competitive_detector
     images, calibration = faces(3, seed=5), faces(8, seed=6)
     with torch.no_grad():
         full = detector(images)
@@ -262,10 +279,10 @@ def test_competitive_export_keeps_the_chosen_branch_and_head():
 # from a pretraining run
 
 
-def _tiny_pretrainer() -> tuple[ModelConfig, torch.nn.Module]:
+def _tiny_pretrainer(distill_weight: float = 0.1) -> tuple[ModelConfig, torch.nn.Module]:
     cfg = ModelConfig(
         encoder="vit_tiny_patch16", img_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=2,
-        proj_dim=16, proj_hidden=32, mask="random",
+        proj_dim=16, proj_hidden=32, mask="random", distill_weight=distill_weight,
     )
     torch.manual_seed(1)
     return cfg, build_pretrainer(cfg)
@@ -288,9 +305,8 @@ def test_load_pretrainer_round_trip_and_builders_copy_the_encoder(tmp_path):
     assert state.keys() == pretrainer.encoder.state_dict().keys()
 
     rffr = build_detector(DetectorConfig.for_pretrainer("rffr", cfg, rffr_blocks=2), loaded)
-    comp = build_detector(DetectorConfig.for_pretrainer("competitive", cfg), loaded)
     random_init = build_detector(DetectorConfig.for_pretrainer("vit", cfg))
-    for encoder in (rffr.face_encoder, rffr.residual_encoder, rffr.mae.encoder, *comp.branches):
+    for encoder in (rffr.face_encoder, rffr.residual_encoder, rffr.mae.encoder):
         for key, value in encoder.state_dict().items():
             torch.testing.assert_close(value, state[key])
     assert not torch.equal(random_init.encoder.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
@@ -305,7 +321,7 @@ def test_load_pretrainer_round_trip_and_builders_copy_the_encoder(tmp_path):
 def test_load_pretrainer_rejects_other_folders(tmp_path):
     with pytest.raises(RealfaceError, match="not a pretraining run"):
         load_pretrainer(tmp_path)
-    cfg, pretrainer = _tiny_pretrainer()
+    cfg, pretrainer = _tiny_pretrainer(distill_weight=0.0)
     ckpt.write_json(tmp_path / ckpt.CONFIG, {"kind": "finetune", "model": cfg.to_dict(), "preprocessing": {}})
     with pytest.raises(RealfaceError, match="not a pretraining run"):
         load_pretrainer(tmp_path)

@@ -71,7 +71,7 @@ class DetectorConfig:
         if not 0.0 < self.layer_decay <= 1.0:
             raise RealfaceError(f"layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
         side = self.img_size // patch
-        if not 2 <= self.rffr_blocks <= side:
+        if self.rffr_blocks < 2 or (self.name == "rffr" and self.rffr_blocks > side):
             raise RealfaceError(
                 f"rffr_blocks {self.rffr_blocks} must be in [2, {side}] (blocks per side of the {side}x{side} patch grid)"
             )
@@ -257,13 +257,14 @@ def load_encoder_state(encoder: ViTEncoder, state: dict[str, torch.Tensor]) -> N
 
 def make_encoder(config: DetectorConfig, pretrainer: Pretrainer | None, drop_path: float | None = None) -> ViTEncoder:
     """A detector encoder: random init without a pretrainer, else a copy of `pretrainer.encoder`'s weights."""
-    encoder = build_encoder(config.encoder, img_size=config.img_size, drop_path=config.drop_path if drop_path is None else drop_path)
+    if pretrainer is not None and pretrainer.config.encoder != config.encoder:
+        raise RealfaceError(
+            f"the detector's encoder {config.encoder!r} differs from the pretrained {pretrainer.config.encoder!r}; "
+            "use DetectorConfig.for_pretrainer"
+        )
+    rate = config.drop_path if drop_path is None else drop_path
+    encoder = build_encoder(config.encoder, img_size=config.img_size, drop_path=rate)
     if pretrainer is not None:
-        if pretrainer.config.encoder != config.encoder:
-            raise RealfaceError(
-                f"the detector's encoder {config.encoder!r} differs from the pretrained {pretrainer.config.encoder!r}; "
-                "use DetectorConfig.for_pretrainer"
-            )
         load_encoder_state(encoder, pretrainer.encoder.state_dict())
     return encoder
 
