@@ -6,6 +6,7 @@ synthetic face-shaped region maps (real shapes, no data needed). Each case runs 
 its peak memory is its own. Prints a Markdown table.
 
     python benchmarks/bench_pretrain.py                       # vit_tiny, 224 and 112, batch 32, CPU
+    python benchmarks/bench_pretrain.py --decoders 128x2 256x4  # also a heavier decoder
     python benchmarks/bench_pretrain.py --device cuda --batch 128
 """
 
@@ -190,10 +191,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 112])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per case")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--decoders", nargs="+", default=["128x2", "256x4"], help="decoder WIDTHxDEPTH list")
+    parser.add_argument("--decoders", nargs="+", default=["128x2"], help="decoder WIDTHxDEPTH list, e.g. 128x2 256x4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,7 +214,8 @@ def main() -> None:
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
         results = json.loads(proc.stdout.strip().splitlines()[-1])
         rows += list(zip(group, results))
-        print(f"done img {group[0].img_size} decoder {group[0].decoder}", file=sys.stderr, flush=True)
+        for case, res in zip(group, results):
+            print(f"{case}: {res}", file=sys.stderr, flush=True)
 
     mem = "step peak GPU MiB" if args.device == "cuda" else "step peak RSS MiB"
     print(f"\nCommand: `python benchmarks/bench_pretrain.py {' '.join(sys.argv[1:])}`")

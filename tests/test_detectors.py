@@ -159,6 +159,7 @@ def test_block_layout_covers_every_patch_exactly_once(grid, k):
 
 @pytest.mark.parametrize("norm_pix", [False, True])
 def test_rffr_residual_is_zero_on_the_models_own_reconstruction(rffr_detector, norm_pix):
+    torch.manual_seed(0)
     detector = copy.deepcopy(rffr_detector)
     mae = detector.mae
     mae.norm_pix_loss = norm_pix

@@ -80,6 +80,69 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# detect
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="is this face real or fake? images, videos, folders, or - for stdin",
+        description="Give each face a probability of being forged and a verdict (real, fake or uncertain) "
+        "using the model's stored threshold and confidence band.",
+    )
+    p.add_argument("inputs", nargs="+", help="image/video files, folders (recursive), or - to read stdin")
+    p.add_argument("--model", type=Path, default=None, help="finetune run or exported weights (default: shipped)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON (one object per file)")
+    out.add_argument("--csv", action="store_true", help="print CSV (one row per face)")
+    p.add_argument("--heatmap", type=Path, default=None, metavar="DIR", help="write forgery heatmaps here")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_detect)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    import tempfile
+
+    from realface.bundle import load_bundle
+    from realface.detect import CSV_COLUMNS, Scanner, check_device, collect_inputs, csv_rows, detect_paths
+    from realface.detect import format_table, sniff_suffix
+
+    if args.frames < 1 or args.batch_size < 1:
+        raise RealfaceError("--frames and --batch-size must be at least 1")
+    bundle = load_bundle(args.model, check_device(args.device))
+    scanner = Scanner(bundle, frames=args.frames, batch_size=args.batch_size, heatmap_dir=args.heatmap)
+    with tempfile.TemporaryDirectory(prefix="realface-stdin-") as tmp:
+        paths = [a for a in args.inputs if a != "-"]
+        files = collect_inputs(paths)
+        names = [str(f) for f in files]
+        if "-" in args.inputs:
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise RealfaceError("stdin is empty: pipe an image or a video into `realface detect -`")
+            stdin_file = Path(tmp) / ("stdin" + (sniff_suffix(data) or ".bin"))
+            stdin_file.write_bytes(data)
+            files.append(stdin_file)
+            names.append("-")
+        results = detect_paths(scanner, files, progress=not args.no_progress)
+        for result, name in zip(results, names):
+            result.path = name
+    if args.json:
+        print(json.dumps({"model": bundle.info(), "results": [r.to_dict() for r in results]}, indent=2))
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(csv_rows(results))
+    else:
+        print(format_table(results))
+    return 1 if any(r.status == "error" for r in results) else 0
+
+
+# ---------------------------------------------------------------------------------------------
 # pretrain
 
 
@@ -187,6 +250,125 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# finetune
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a forgery (or spoof) detector from a pretrained real-face encoder",
+        description="Train a detector (vit, rffr or competitive) on labelled faces and/or SBI pseudo-fakes; "
+        "select it on validation AUC and fit its decision threshold on the same validation set.",
+    )
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="face manifests from preprocess (labelled)")
+    p.add_argument("--val", type=Path, nargs="+", default=None, help="validation manifests (default: split=val rows)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--pretrained", type=Path, default=None, help="a `realface pretrain` run (default: random init)")
+    d = p.add_argument_group("detector")
+    d.add_argument("--detector", default="vit", help="vit, rffr or competitive")
+    d.add_argument("--model", default="vit_tiny_patch16", help="encoder when not --pretrained")
+    d.add_argument("--img-size", type=int, default=224, help="input side when not --pretrained")
+    d.add_argument("--crop-size", type=int, default=224, help="side of the crops preprocess wrote")
+    d.add_argument("--freeze", action="store_true", help="linear probe: train only the head")
+    d.add_argument("--pool", choices=("avg", "cls"), default="avg")
+    d.add_argument("--drop-path", type=float, default=0.1)
+    d.add_argument("--label-smoothing", type=float, default=0.1)
+    d.add_argument("--layer-decay", type=float, default=0.75)
+    d.add_argument("--rffr-blocks", type=int, default=4, help="rffr: blocks per side of the patch grid")
+    d.add_argument("--fusion-lambda", type=float, default=1.0, help="competitive: softmax(-lambda * u) fusion")
+    d.add_argument("--corr-weight", type=float, default=0.1, help="competitive: decorrelation loss weight")
+    f = p.add_argument_group("training data")
+    f.add_argument("--pseudo-fakes", choices=("none", "sbi"), default="none", help="add SBI pseudo-fakes of real faces")
+    f.add_argument("--sbi-ratio", type=float, default=1.0, help="SBI fakes per real face (with --pseudo-fakes sbi)")
+    f.add_argument("--no-labelled-fakes", action="store_true", help="train on real faces + pseudo-fakes only")
+    f.add_argument("--no-augment", action="store_true", help="no in-the-wild augmentation")
+    f.add_argument("--threshold-policy", default="eer", help="eer, max_balanced_accuracy or target_fpr")
+    _add_train_arguments(p, epochs=5, batch=64, blr=5e-4, wd=0.05)
+    p.set_defaults(handler=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from realface.models.detectors import DetectorConfig
+    from realface.train.finetune import finetune
+
+    detector_cfg = DetectorConfig(
+        name=args.detector,
+        encoder=args.model,
+        img_size=args.img_size,
+        pool=args.pool,
+        drop_path=args.drop_path,
+        freeze=args.freeze,
+        label_smoothing=args.label_smoothing,
+        layer_decay=args.layer_decay,
+        rffr_blocks=args.rffr_blocks,
+        fusion_lambda=args.fusion_lambda,
+        corr_weight=args.corr_weight,
+    )
+    history = finetune(
+        args.data,
+        args.out,
+        detector_cfg=detector_cfg,
+        train_cfg=_train_config(args),
+        pretrained=args.pretrained,
+        val=args.val,
+        labelled_fakes=not args.no_labelled_fakes,
+        sbi_ratio=args.sbi_ratio if args.pseudo_fakes == "sbi" else 0.0,
+        augment=not args.no_augment,
+        threshold_policy=args.threshold_policy,
+        crop_size=args.crop_size,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        limit=args.limit,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+    if history.epochs:
+        best = max(history.epochs, key=lambda e: e.get("val_auc", -e["train_loss"]))
+        shown = f"val AUC {best['val_auc']:.4f}" if "val_auc" in best else f"train loss {best['train_loss']:.4f}"
+        print(f"fine-tuned {len(history.epochs)} epochs; best epoch {best['epoch'] + 1}: {shown}; run in {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# recipe
+
+
+def _add_recipe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "recipe",
+        help="run the whole chain that makes the default model (preprocess, pretrain, finetune, export)",
+        description="Reproduce the default model from ../shared/data; every stage resumes where it stopped.",
+    )
+    p.add_argument("preset", choices=("tiny", "cpu", "gpu"), help="tiny (tests), cpu (~2 h, 2 cores) or gpu")
+    p.add_argument("--shared", type=Path, default=Path("../shared/data"), help="the shared data folder")
+    p.add_argument("--work", type=Path, default=None, help="working folder (default runs/recipe-PRESET)")
+    p.add_argument("--export", type=Path, default=None, help="where the weights go (default: the package)")
+    p.add_argument("--detector", default=None, help="override the preset's detector")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_recipe)
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from realface.bundle import default_weights_dir
+    from realface.recipe import PRESETS, model_card_markdown, run_recipe
+
+    cfg = PRESETS[args.preset]
+    if args.detector:
+        cfg = replace(cfg, detector=args.detector)
+    work = args.work or Path("runs") / f"recipe-{args.preset}"
+    export = args.export or default_weights_dir()
+    card = run_recipe(
+        args.shared, work, cfg, export_to=export, preset=args.preset, device=args.device, progress=not args.no_progress
+    )
+    print(model_card_markdown(card))
+    print(f"weights exported to {export}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # synth-sbi
 
 
@@ -223,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"realface {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_preprocess, _add_pretrain, _add_synth_sbi):
+    for add in (_add_detect, _add_preprocess, _add_pretrain, _add_finetune, _add_recipe, _add_synth_sbi):
         add(sub)
     return parser
 

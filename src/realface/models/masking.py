@@ -5,7 +5,8 @@ grid, True = masked (removed from the encoder input, reconstructed by the decode
 Every strategy masks exactly `num_masked(L, ratio)` = round(ratio * L) patches per sample, so all samples
 of a batch keep the same number of visible tokens.
 
-Randomness comes only from the `torch.Generator` passed in, so a seeded generator gives the same masks.
+Randomness comes only from the `torch.Generator` passed in (torch's global generator when None), so a
+seeded generator gives the same masks.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class MaskBatch:
 
 
 # fn(n, grid, ratio, generator, fractions) -> MaskBatch; fractions: (N, gh, gw, R) or None
-MaskFn = Callable[[int, tuple[int, int], float, torch.Generator, "torch.Tensor | np.ndarray | None"], MaskBatch]
+MaskFn = Callable[[int, tuple[int, int], float, "torch.Generator | None", "torch.Tensor | np.ndarray | None"], MaskBatch]
 
 
 def num_masked(num_patches: int, ratio: float) -> int:
@@ -38,7 +39,7 @@ def num_masked(num_patches: int, ratio: float) -> int:
     return int(round(ratio * num_patches))
 
 
-def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
+def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
     """A numpy generator seeded from the torch one (one draw), for the per-sample loops."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     return np.random.default_rng(seed)
@@ -64,7 +65,7 @@ def _empty_regions(n: int, num_patches: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def random_masking(
-    n: int, grid: tuple[int, int], ratio: float, generator: torch.Generator, fractions: object = None
+    n: int, grid: tuple[int, int], ratio: float, generator: torch.Generator | None, fractions: object = None
 ) -> MaskBatch:
     """MAE: a uniformly random subset of round(ratio * L) patches per sample. `fractions` is ignored."""
     num_patches = grid[0] * grid[1]
@@ -103,7 +104,7 @@ def _block_one(grid: tuple[int, int], n_mask: int, rng: np.random.Generator, min
 
 
 def block_masking(
-    n: int, grid: tuple[int, int], ratio: float, generator: torch.Generator, fractions: object = None
+    n: int, grid: tuple[int, int], ratio: float, generator: torch.Generator | None, fractions: object = None
 ) -> MaskBatch:
     """BEiT-style blockwise masking, exactly round(ratio * L) patches per sample. `fractions` is ignored."""
     rng = _numpy_rng(generator)
@@ -151,7 +152,7 @@ def crfr_p_masking(
     n: int,
     grid: tuple[int, int],
     ratio: float,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     fractions: torch.Tensor | np.ndarray | None = None,
 ) -> MaskBatch:
     """CRFR-P masking for a batch (see `crfr_p_one`).
@@ -197,7 +198,8 @@ def sample_masks(
 ) -> MaskBatch:
     """Masks for n samples from the strategy `name` in `MASKINGS`; checks the arguments.
 
-    grid: (gh, gw) patches; ratio: fraction of patches masked; fractions: (N, gh, gw, R) for `crfr-p`.
+    grid: (gh, gw) patches; ratio: fraction of patches masked; fractions: (N, gh, gw, R) for `crfr-p`;
+    generator: the source of randomness (torch's global generator when None).
     """
     if name not in MASKINGS:
         raise RealfaceError(f"unknown masking {name!r}; choose one of {', '.join(MASKINGS)}")
@@ -205,7 +207,6 @@ def sample_masks(
     n_mask = num_masked(num_patches, ratio)
     if not 0 < n_mask < num_patches:
         raise RealfaceError(f"mask ratio {ratio} leaves {n_mask} of {num_patches} patches masked; need 1..L-1")
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
     return MASKINGS[name](n, grid, ratio, generator, fractions)
 
 

@@ -21,7 +21,9 @@ def load_pretrainer(run_dir: Path, tag: str = "best") -> tuple[Pretrainer, Prepr
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG
     if not config_path.is_file():
-        raise RealfaceError(f"{run_dir} is not a pretraining run: no {CONFIG} (pass the --out folder of `realface pretrain`)")
+        raise RealfaceError(
+            f"{run_dir} is not a pretraining run: no {CONFIG} (pass the --out folder of `realface pretrain`)"
+        )
     config = read_json(config_path)
     if not isinstance(config, dict) or "model" not in config or "preprocessing" not in config:
         raise RealfaceError(f"{config_path} has no 'model' and 'preprocessing' sections: not a pretraining run")

@@ -29,9 +29,11 @@ class ModelConfig:
     encoder: str = "vit_tiny_patch16"  # a name in realface.models.vit.ENCODERS
     img_size: int = 224  # input side in pixels, a multiple of the patch size
     drop_path: float = 0.0  # stochastic depth rate of the encoder
-    decoder_dim: int = 256  # MAE decoder width
-    decoder_depth: int = 4  # MAE decoder blocks
-    decoder_heads: int = 8  # MAE decoder attention heads
+    # MAE decoder: light next to the encoder, or it dominates the step (128x2 for vit_tiny; 256x4 to 512x8 for
+    # vit_small/base). See BENCHMARKS.md.
+    decoder_dim: int = 128  # MAE decoder width
+    decoder_depth: int = 2  # MAE decoder blocks
+    decoder_heads: int = 4  # MAE decoder attention heads
     norm_pix_loss: bool = True  # reconstruct per-patch normalized pixels
     mask: str = "crfr-p"  # masking strategy, a name in realface.models.masking.MASKINGS
     mask_ratio: float = 0.75  # fraction of patches masked
@@ -114,7 +116,7 @@ class Pretrainer(nn.Module):
         return self.mae.encoder.grid
 
     def sample_masks(
-        self, n: int, generator: torch.Generator, fractions: torch.Tensor | np.ndarray | None = None
+        self, n: int, generator: torch.Generator | None, fractions: torch.Tensor | np.ndarray | None = None
     ) -> MaskBatch:
         """Masks for n images with the configured strategy and ratio; fractions: (N, gh, gw, R) or None."""
         return sample_masks(self.config.mask, n, self.grid, self.config.mask_ratio, generator, fractions)

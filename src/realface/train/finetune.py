@@ -8,6 +8,7 @@ fitted on the same validation set and stored in RUN/decision.json, which `realfa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from realface.data.faceset import Preprocessing
 from realface.data.labelled import DetectionFaces, build_items
 from realface.errors import RealfaceError
 from realface.eval.metrics import roc_auc
-from realface.models.detectors import DETECTORS, DetectorConfig
+from realface.models.detectors import DetectorConfig, build_detector
 from realface.predict import score_batches
 from realface.train import checkpoint as ckpt
 from realface.train.distributed import init_distributed, shutdown_distributed
@@ -29,6 +30,8 @@ from realface.train.pretrain import load_face_records
 from realface.train.schedule import param_groups
 
 DECISION = "decision.json"
+# Detector settings that a pretraining run fixes (see DetectorConfig.for_pretrainer).
+INHERITED = ("name", "encoder", "img_size", "mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix")
 
 
 def split_records(records: list, split_column: str = "split") -> tuple[list, list]:
@@ -36,6 +39,15 @@ def split_records(records: list, split_column: str = "split") -> tuple[list, lis
     train = [r for r in records if r.extra.get(split_column, "train") == "train"]
     val = [r for r in records if r.extra.get(split_column) == "val"]
     return train, val
+
+
+def score_dataset(
+    model: nn.Module, dataset: DetectionFaces, batch_size: int, workers: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """p(fake) (N,) and uncertainty (N,) or None for every item of `dataset`, in order."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    device = next(model.parameters()).device
+    return score_batches(model, (b["image"] for b in loader), device)
 
 
 class FinetuneTask:
@@ -57,9 +69,7 @@ class FinetuneTask:
         self.progress = (step + 1) / total_steps
 
     def validation_scores(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray | None]:
-        loader = DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.workers)
-        device = next(model.parameters()).device
-        return score_batches(model, (b["image"] for b in loader), device)
+        return score_dataset(model, self.val_set, self.batch_size, self.workers)
 
     def end_of_epoch(self, model: nn.Module, epoch: int, run_dir: Path) -> dict[str, float]:
         if self.val_set is None:
@@ -109,6 +119,7 @@ def finetune(
     sbi_ratio: float = 0.0,
     augment: bool = True,
     threshold_policy: str = "eer",
+    crop_size: int = 224,
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -119,7 +130,9 @@ def finetune(
 
     data: face manifests from `realface preprocess` (label column real/fake or live/spoof). Without `val`,
     rows with split=val in `data` are the validation set. pretrained: a `realface pretrain` run folder, or
-    None for a randomly initialised encoder.
+    None for a randomly initialised encoder (its encoder size, input side and MAE settings then override
+    those of `detector_cfg`). crop_size: the side of the crops `realface preprocess` wrote for this data,
+    recorded so detection crops faces the same way.
     """
     from realface.models.pretrained import load_pretrainer
 
@@ -140,12 +153,16 @@ def finetune(
             val_records = load_face_records(val)
         if limit:
             train_records, val_records = train_records[:limit], val_records[:limit]
-        pretrainer, pre = (None, Preprocessing(img_size=detector_cfg.img_size))
-        if pretrained is not None:
+        pretrainer, pre = None, Preprocessing(img_size=detector_cfg.img_size, crop_size=crop_size)
+        if pretrained is not None and not resume:
             pretrainer, pre = load_pretrainer(pretrained)
-            if pre.img_size != detector_cfg.img_size:
-                pre = Preprocessing.from_dict({**pre.to_dict(), "img_size": detector_cfg.img_size})
-        detector = DETECTORS[detector_cfg.name](detector_cfg, pretrainer)
+            # The encoder (size, input side) and the MAE that rffr keeps come from the pretraining run.
+            own = {k: v for k, v in detector_cfg.to_dict().items() if k not in INHERITED}
+            detector_cfg = DetectorConfig.for_pretrainer(detector_cfg.name, pretrainer.config, **own)
+            pre = replace(pre, crop_size=crop_size)
+        elif resume:
+            pre = Preprocessing.from_dict(saved["preprocessing"])
+        detector = build_detector(detector_cfg, pretrainer)
         del pretrainer
 
         items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio)

@@ -248,7 +248,9 @@ def load_encoder_state(encoder: ViTEncoder, state: dict[str, torch.Tensor]) -> N
         side = int(round((pos.shape[1] - 1) ** 0.5))
         if pos.shape[-1] != own.shape[-1] or side * side != pos.shape[1] - 1:
             raise RealfaceError(f"pos_embed {tuple(pos.shape)} does not fit the encoder's {tuple(own.shape)}")
-        state["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(encoder.grid), old_size=[side, side], num_prefix_tokens=1)
+        state["pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=list(encoder.grid), old_size=[side, side], num_prefix_tokens=1
+        )
     try:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -124,7 +124,8 @@ class CompetitiveDetector(Detector):
         edl2 = edl_loss(ex["logits_b2"], labels, kl_weight)
         corr = pearson_loss(ex["features_b1"].detach(), ex["features_b2"])
         loss = ce + cfg.edl_weight * (edl1 + edl2) + cfg.corr_weight * corr
-        parts = {"ce": ce, "edl_b1": edl1, "edl_b2": edl2, "corr": corr, "u_b1": ex["u"][:, 0].mean(), "u_b2": ex["u"][:, 1].mean()}
+        u_mean = ex["u"].mean(dim=0)  # (2,)
+        parts = {"ce": ce, "edl_b1": edl1, "edl_b2": edl2, "corr": corr, "u_b1": u_mean[0], "u_b2": u_mean[1]}
         return loss, {k: v.detach() for k, v in parts.items()}
 
     @torch.no_grad()

@@ -77,7 +77,9 @@ def variant_masks(grid: tuple[int, int], k: int) -> torch.Tensor:
     return masks
 
 
-def reconstruct_by_blocks(mae: MaskedAutoencoder, images: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def reconstruct_by_blocks(
+    mae: MaskedAutoencoder, images: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
     """Every patch reconstructed by the variant that masked its block: (N, 3, H, W), input space.
 
     images: (N, 3, H, W); masks: (B, L) bool from `variant_masks`; ids: (L,) from `block_ids`.
@@ -152,7 +154,9 @@ def build_mae(config: DetectorConfig, pretrainer: Pretrainer | None) -> MaskedAu
     if (src.decoder_dim, src.decoder_depth, src.decoder_heads, src.norm_pix_loss) != (
         config.mae_decoder_dim, config.mae_decoder_depth, config.mae_decoder_heads, config.mae_norm_pix
     ):
-        raise RealfaceError("the rffr MAE decoder settings differ from the pretrainer's; use DetectorConfig.for_pretrainer")
+        raise RealfaceError(
+            "the rffr MAE decoder settings differ from the pretrainer's; use DetectorConfig.for_pretrainer"
+        )
     decoder = {k: v for k, v in pretrainer.mae.state_dict().items() if not k.startswith("encoder.")}
     result = mae.load_state_dict(decoder, strict=False)  # the decoder needs no resizing: its positions are a buffer
     if result.unexpected_keys or any(not k.startswith("encoder.") for k in result.missing_keys):
@@ -161,4 +165,5 @@ def build_mae(config: DetectorConfig, pretrainer: Pretrainer | None) -> MaskedAu
 
 
 def build_rffr(config: DetectorConfig, pretrainer: Pretrainer | None) -> RFFRDetector:
-    return RFFRDetector(config, build_mae(config, pretrainer), make_encoder(config, pretrainer), make_encoder(config, pretrainer))
+    face, residual = make_encoder(config, pretrainer), make_encoder(config, pretrainer)
+    return RFFRDetector(config, build_mae(config, pretrainer), face, residual)

@@ -1,0 +1,302 @@
+"""Detection on images and videos: faces found and cropped the way the model was trained, scored in batches,
+turned into verdicts with the model's stored threshold and confidence band, and explained with heatmaps.
+
+`Scanner` is shared by `realface detect` and `realface serve`, so both give the same answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from realface.bundle import Bundle
+from realface.data.faceset import to_tensor
+from realface.errors import InputError, RealfaceError
+from realface.eval.aggregate import aggregate_scores
+from realface.eval.thresholds import decide, distance_confidence
+from realface.faces.media import media_kind, read_image
+from realface.faces.pipeline import Face, FacePipeline, PipelineConfig
+
+TOP_FRAMES = 3  # frames listed as "the frames that drove" a video verdict
+
+
+@dataclass
+class FaceResult:
+    frame: int  # video frame index; -1 for an image
+    face: int  # index of the face in the image (0 for the main face of a video)
+    bbox: list[float]  # x0, y0, x1, y1 in source pixels
+    p_fake: float  # the model's probability that the face is forged
+    confidence: float  # in [0, 1]: evidential 1 - u, or distance of p_fake from the threshold
+    verdict: str  # "real", "fake" or "uncertain"
+    heatmap: str | None = None  # path of the overlay image, with --heatmap
+
+
+@dataclass
+class FileResult:
+    path: str
+    kind: str  # "image" or "video"
+    status: str  # "ok", "no_face" (read fine, no face found) or "error" (could not be read)
+    message: str = ""
+    p_fake: float | None = None  # image: max over faces; video: confidence-weighted mean over frames
+    confidence: float | None = None
+    verdict: str | None = None  # "real", "fake", "uncertain"; None when there is no face
+    faces: list[FaceResult] = field(default_factory=list)
+    frames_sampled: int = 0  # videos: frames sampled
+    frames_without_face: list[int] = field(default_factory=list)  # videos: sampled frames with no main face
+    top_frames: list[int] = field(default_factory=list)  # videos: the frames that drove the verdict
+    contact_sheet: str | None = None  # videos with --heatmap: all frames' overlays in one image
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def overlay(crop: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Crop (S, S, 3) uint8 RGB with a JET-coloured heat map (h, w) in [0, 1] blended over it."""
+    heat = cv2.resize(heat.astype(np.float32), (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return np.clip(crop * (1 - alpha) + colour * alpha, 0, 255).astype(np.uint8)
+
+
+def contact_sheet(tiles: list[np.ndarray], captions: list[str], columns: int = 8) -> np.ndarray:
+    """Tiles (S, S, 3) uint8 in a grid, each with its caption; (rows*S, columns*S, 3) uint8 RGB."""
+    size = tiles[0].shape[0]
+    rows = (len(tiles) + columns - 1) // columns
+    sheet = np.zeros((rows * size, columns * size, 3), np.uint8)
+    for i, (tile, text) in enumerate(zip(tiles, captions)):
+        r, c = divmod(i, columns)
+        tile = tile.copy()
+        cv2.putText(tile, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        sheet[r * size : (r + 1) * size, c * size : (c + 1) * size] = tile
+    return sheet
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return str(path)
+
+
+class Scanner:
+    """Scores the faces of images and videos with one loaded model."""
+
+    def __init__(self, bundle: Bundle, *, frames: int = 32, batch_size: int = 32, heatmap_dir: Path | None = None):
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.heatmap_dir = Path(heatmap_dir) if heatmap_dir is not None else None
+        self.device = next(bundle.detector.parameters()).device
+        pre = bundle.pre
+        self.pipeline = FacePipeline(PipelineConfig(crop_size=pre.crop_size, margin=pre.crop_margin, frames=frames))
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    def _tensors(self, faces: list[Face]) -> torch.Tensor:
+        size = self.bundle.pre.img_size
+        views = [
+            f.crop if f.crop.shape[0] == size else cv2.resize(f.crop, (size, size), interpolation=cv2.INTER_AREA)
+            for f in faces
+        ]
+        return torch.stack([to_tensor(v, self.bundle.pre) for v in views])
+
+    def score(self, faces: list[Face]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+        """p(fake) (N,), confidence (N,), and heat maps (N of (S, S)) when a heatmap folder is set."""
+        detector, decision = self.bundle.detector, self.bundle.decision
+        probs, conf, heats = [], [], []
+        for start in range(0, len(faces), self.batch_size):
+            x = self._tensors(faces[start : start + self.batch_size]).to(self.device)
+            with torch.no_grad():
+                out = detector(x)
+            p = out.prob_fake.float().cpu().numpy()
+            if decision.confidence == "evidential" and out.uncertainty is not None:
+                c = 1.0 - out.uncertainty.float().cpu().numpy()
+            else:
+                c = distance_confidence(p, decision.threshold)
+            probs.append(p)
+            conf.append(c)
+            if self.heatmap_dir is not None:
+                heats.extend(detector.heatmap(x).detach().float().cpu().numpy())
+        return np.concatenate(probs), np.concatenate(conf), (heats if self.heatmap_dir is not None else None)
+
+    def _verdicts(self, probs: np.ndarray, conf: np.ndarray) -> list[str]:
+        d = self.bundle.decision
+        return [str(v) for v in decide(probs, d.threshold, conf, d.band)]
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def scan(self, path: Path, display_name: str | None = None) -> FileResult:
+        """One image or video file; unreadable input gives status "error" with a one-line message."""
+        path = Path(path)
+        name = display_name or str(path)
+        kind = media_kind(path)
+        try:
+            if kind == "image":
+                return self.scan_image(read_image(path), name)
+            if kind == "video":
+                return self.scan_video(path, name)
+            raise InputError(f"unsupported file type {path.suffix or '(none)'!r}: use an image or a video")
+        except InputError as err:
+            return FileResult(path=name, kind=kind, status="error", message=str(err))
+
+    def scan_image(self, rgb: np.ndarray, name: str) -> FileResult:
+        faces = self.pipeline.faces_in_image(rgb)
+        if not faces:
+            return FileResult(path=name, kind="image", status="no_face", message="no face found")
+        probs, conf, heats = self.score(faces)
+        verdicts = self._verdicts(probs, conf)
+        results = []
+        for i, face in enumerate(faces):
+            heat_path = None
+            if heats is not None:
+                heat_path = _write_rgb(self._heat_path(name, f"face{i}"), overlay(face.crop, heats[i]))
+            results.append(
+                FaceResult(-1, i, [round(float(v), 1) for v in face.bbox], float(probs[i]), float(conf[i]), verdicts[i], heat_path)
+            )
+        top = int(np.argmax(probs))  # an image is as fake as its most suspicious face
+        return FileResult(
+            path=name, kind="image", status="ok", p_fake=float(probs[top]), confidence=float(conf[top]),
+            verdict=verdicts[top], faces=results,
+        )  # fmt: skip
+
+    def scan_video(self, path: Path, name: str) -> FileResult:
+        frames = self.pipeline.faces_in_video(path)
+        with_face = [f for f in frames if f.face is not None]
+        missing = [f.frame for f in frames if f.face is None]
+        if not with_face:
+            return FileResult(
+                path=name, kind="video", status="no_face", message="no face found in any sampled frame",
+                frames_sampled=len(frames), frames_without_face=missing,
+            )  # fmt: skip
+        faces = [f.face for f in with_face]
+        probs, conf, heats = self.score(faces)
+        verdicts = self._verdicts(probs, conf)
+        results = [
+            FaceResult(f.frame, 0, [round(float(v), 1) for v in f.face.bbox], float(p), float(c), v)
+            for f, p, c, v in zip(with_face, probs, conf, verdicts)
+        ]
+        # Frames weigh by their confidence (FFDBackbone's idea); a video of only unsure frames gets the plain mean.
+        _, video_score = aggregate_scores(probs, np.zeros(len(probs), np.int64), "confidence_weighted", confidences=conf)
+        score = float(video_score[0])
+        d = self.bundle.decision
+        if d.confidence == "evidential":
+            video_conf = float(np.average(conf, weights=np.maximum(conf, 1e-6)))
+        else:
+            video_conf = float(distance_confidence(np.array([score]), d.threshold)[0])
+        verdict = self._verdicts(np.array([score]), np.array([video_conf]))[0]
+        # The frames that drove the verdict: the most confident frames on the side of the video's score.
+        side = np.where(probs >= d.threshold, 1.0, -1.0) * (1.0 if score >= d.threshold else -1.0)
+        order = np.argsort(-(side * conf))
+        top_frames = [int(with_face[i].frame) for i in order[:TOP_FRAMES] if side[i] > 0]
+        sheet = None
+        if heats is not None:
+            tiles = [overlay(f.crop, h) for f, h in zip(faces, heats)]
+            for r, tile in zip(results, tiles):
+                r.heatmap = _write_rgb(self._heat_path(name, f"frame{r.frame:05d}"), tile)
+            captions = [f"#{r.frame} p={r.p_fake:.2f}" for r in results]
+            sheet = _write_rgb(self._heat_path(name, "sheet"), contact_sheet(tiles, captions))
+        return FileResult(
+            path=name, kind="video", status="ok", p_fake=score, confidence=video_conf, verdict=verdict,
+            faces=results, frames_sampled=len(frames), frames_without_face=missing, top_frames=top_frames,
+            contact_sheet=sheet,
+        )  # fmt: skip
+
+    def _heat_path(self, name: str, suffix: str) -> Path:
+        assert self.heatmap_dir is not None
+        stem = Path(name).name.replace(".", "_") or "input"
+        return self.heatmap_dir / f"{stem}_{suffix}.jpg"
+
+
+def check_device(name: str) -> torch.device:
+    from realface.train.distributed import resolve_device
+
+    try:
+        return resolve_device(name)
+    except RuntimeError as err:
+        raise RealfaceError(str(err)) from None
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def collect_inputs(paths: list[str]) -> list[Path]:
+    """Files behind the arguments: files as given, folders recursively (images and videos only)."""
+    from realface.faces.media import MEDIA_SUFFIXES
+
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+            if not found:
+                raise RealfaceError(f"no image or video files in folder {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RealfaceError(f"input not found: {path}")
+    return files
+
+
+def sniff_suffix(data: bytes) -> str:
+    """A file suffix for bytes of unknown type (stdin, uploads): by magic number, '' when unknown."""
+    signatures = [
+        (b"\xff\xd8\xff", ".jpg"), (b"\x89PNG", ".png"), (b"BM", ".bmp"), (b"GIF8", ".gif"),
+        (b"\x1a\x45\xdf\xa3", ".webm"), (b"RIFF", ".webp"),
+    ]  # fmt: skip
+    for magic, suffix in signatures:
+        if data.startswith(magic):
+            if suffix == ".webp" and data[8:12] == b"AVI ":
+                return ".avi"
+            return suffix
+    if data[4:8] == b"ftyp":
+        return ".mov" if data[8:10] == b"qt" else ".mp4"
+    return ""
+
+
+def detect_paths(scanner: Scanner, files: list[Path], progress: bool = True) -> list[FileResult]:
+    from tqdm import tqdm
+
+    results = []
+    for path in tqdm(files, desc="detect", unit="file", disable=not progress or len(files) < 2):
+        results.append(scanner.scan(path))
+    return results
+
+
+def format_table(results: list[FileResult]) -> str:
+    """A readable table: one line per file, then one indented line per face."""
+    rows = [("file", "kind", "faces", "p(fake)", "confidence", "verdict")]
+    for r in results:
+        if r.status != "ok":
+            rows.append((r.path, r.kind, "0", "-", "-", "error: " + r.message if r.status == "error" else r.message))
+            continue
+        rows.append((r.path, r.kind, str(len(r.faces)), f"{r.p_fake:.3f}", f"{r.confidence:.2f}", r.verdict.upper()))
+        if r.kind == "image" and len(r.faces) > 1:
+            for f in r.faces:
+                rows.append((f"  face {f.face} at {[int(v) for v in f.bbox]}", "", "", f"{f.p_fake:.3f}", f"{f.confidence:.2f}", f.verdict))
+        if r.kind == "video":
+            extra = f"  {len(r.faces)}/{r.frames_sampled} frames with a face; driven by frames {r.top_frames}"
+            rows.append((extra, "", "", "", "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+CSV_COLUMNS = ("path", "kind", "status", "frame", "face", "x0", "y0", "x1", "y1", "p_fake", "confidence", "verdict", "message")
+
+
+def csv_rows(results: list[FileResult]) -> list[dict[str, Any]]:
+    """One row per face (and one per file without a face), for `--csv`."""
+    rows = []
+    for r in results:
+        if not r.faces:
+            rows.append({"path": r.path, "kind": r.kind, "status": r.status, "message": r.message})
+        for f in r.faces:
+            x0, y0, x1, y1 = f.bbox
+            rows.append({
+                "path": r.path, "kind": r.kind, "status": r.status, "frame": f.frame, "face": f.face,
+                "x0": x0, "y0": y0, "x1": x1, "y1": y1, "p_fake": round(f.p_fake, 6),
+                "confidence": round(f.confidence, 6), "verdict": f.verdict, "message": r.message,
+            })  # fmt: skip
+    return rows

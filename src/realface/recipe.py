@@ -1,0 +1,282 @@
+"""`realface recipe`: the one reproducible chain that makes the default model.
+
+preprocess (landmarks for the crops) -> pretrain on real faces only (UTKFace + DFDC train-split reals) ->
+fine-tune on the DFDC train split (+ SBI pseudo-fakes) -> select on the DFDC val split, fit threshold and
+confidence band on it -> export fp16 weights with a model card -> measure the exported weights on DFDC val
+and on the FF++ sample videos.
+
+Every stage resumes: preprocessing skips what its journal holds, training continues from its last epoch,
+and a finished stage is not run again. Presets size the chain: `tiny` (tests, a minute), `cpu` (about
+two hours on 2 cores), `gpu` (a bigger budget on one GPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realface.errors import RealfaceError
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Sizes of every stage of the chain."""
+
+    crop_size: int = 112  # side of the aligned crops written by preprocess
+    img_size: int = 112  # model input side
+    encoder: str = "vit_tiny_patch16"  # encoder size (realface.models.vit.ENCODERS)
+    utk_shard: tuple[int, int] = (0, 3)  # shard i/n of UTKFace to pretrain on (1/3 = 7.9k faces)
+    limit: int | None = None  # at most this many inputs per data set (tiny runs)
+    frames: int = 32  # frames per FF++ video when measuring
+    mask: str = "crfr-p"  # pretraining masking strategy
+    distill_weight: float = 0.1  # self-distillation weight (0 = off)
+    pretrain_epochs: int = 12
+    pretrain_batch: int = 128
+    pretrain_blr: float = 1.5e-4
+    detector: str = "vit"  # vit, rffr or competitive
+    finetune_epochs: int = 4
+    finetune_batch: int = 64
+    finetune_blr: float = 5e-4
+    sbi_ratio: float = 0.5  # SBI pseudo-fakes per real training face (0 = none)
+    labelled_fakes: bool = True  # train on DFDC's labelled fakes too
+    workers: int = 2  # data loader processes (and preprocess workers)
+    max_steps_per_epoch: int | None = None  # cap (tiny runs)
+
+    def __post_init__(self) -> None:
+        if self.img_size % 16 or self.crop_size < self.img_size // 2:
+            raise RealfaceError("img_size must be a multiple of 16 and crops at least half of it")
+        if not self.labelled_fakes and self.sbi_ratio <= 0:
+            raise RealfaceError("a detector needs fakes: keep labelled fakes or set an SBI ratio")
+
+
+PRESETS: dict[str, RecipeConfig] = {
+    "tiny": RecipeConfig(
+        crop_size=64, img_size=64, utk_shard=(0, 1), limit=24, frames=2, pretrain_epochs=1, pretrain_batch=8,
+        finetune_epochs=1, finetune_batch=8, workers=0, max_steps_per_epoch=2,
+    ),
+    "cpu": RecipeConfig(),
+    "gpu": RecipeConfig(
+        crop_size=224, img_size=224, encoder="vit_small_patch16", utk_shard=(0, 1), pretrain_epochs=100,
+        pretrain_batch=256, finetune_epochs=20, finetune_batch=128, workers=8,
+    ),
+}  # fmt: skip
+
+
+def _stage_done(run: Path, epochs: int) -> bool:
+    meta = run / "last" / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text())["epoch"] >= epochs - 1
+
+
+def _write_reals_manifest(manifest: Path, out: Path, split: str = "train") -> Path:
+    """The real faces of one split of a preprocess manifest, with paths made relative to `out`'s folder."""
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r["label"] == "real" and r.get("split", split) == split]
+        fields = reader.fieldnames
+    rel = manifest.parent.relative_to(out.parent) if manifest.parent.is_relative_to(out.parent) else manifest.parent
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows({**r, "path": str(rel / r["path"])} for r in rows)
+    return out
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def measure_ffpp(bundle, shared: Path, frames: int) -> list[dict[str, Any]]:
+    """Video-level score of each FF++ sample video (not a claim of accuracy: one video per method)."""
+    from realface.detect import Scanner
+
+    scanner = Scanner(bundle, frames=frames)
+    rows = []
+    with (shared / "ffpp-videos" / "manifest.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            result = scanner.scan(shared / "ffpp-videos" / row["path"])
+            rows.append({"video": row["path"], "label": row["label"], "method": row["method"],
+                         "p_fake": result.p_fake, "verdict": result.verdict, "status": result.status})  # fmt: skip
+    return rows
+
+
+def run_recipe(
+    shared: Path,
+    work: Path,
+    cfg: RecipeConfig,
+    *,
+    export_to: Path,
+    preset: str = "custom",
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the whole chain in `work` and export the model to `export_to`; returns the model card."""
+    from realface.bundle import load_bundle, export_bundle, Decision
+    from realface.data.faceset import Preprocessing
+    from realface.data.labelled import DetectionFaces, build_items
+    from realface.faces.manifest import read_face_manifest
+    from realface.faces.pipeline import PipelineConfig
+    from realface.faces.preprocess import preprocess
+    from realface.models.detectors import DetectorConfig
+    from realface.models.pretrainer import ModelConfig
+    from realface.train.engine import TrainConfig
+    from realface.train.finetune import fit_decision, finetune, score_dataset
+    from realface.train.pretrain import pretrain
+
+    shared, work = Path(shared), Path(work)
+    for need in ("dfdc/manifest.csv", "utkface/manifest.csv", "ffpp-videos/manifest.csv"):
+        if not (shared / need).is_file():
+            raise RealfaceError(f"{shared / need} not found: point --shared at the shared data folder")
+    work.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    def stage(name: str):
+        start = time.perf_counter()
+
+        class _T:
+            def __enter__(self):
+                if progress:
+                    print(f"== {name}", flush=True)
+
+            def __exit__(self, *exc):
+                times[name] = times.get(name, 0.0) + time.perf_counter() - start
+
+        return _T()
+
+    faces = work / "faces"
+    pipe = PipelineConfig(crop_size=cfg.crop_size, assume_cropped=True)
+    with stage("preprocess"):
+        for name, shard in (("dfdc", (0, 1)), ("utkface", cfg.utk_shard)):
+            report = preprocess(
+                [shared / name / "manifest.csv"], faces / name, config=pipe, workers=max(1, cfg.workers),
+                shard=shard, limit=cfg.limit, progress=progress,
+            )  # fmt: skip
+            if not report.ok:
+                raise RealfaceError(f"preprocessing {name} found no face")
+        dfdc = faces / "dfdc" / "manifest.csv"
+        reals = _write_reals_manifest(dfdc, faces / "dfdc-train-real.csv")
+
+    train_common = dict(workers=cfg.workers, seed=0)
+    pre_run = work / "pretrain"
+    with stage("pretrain"):
+        if not _stage_done(pre_run, cfg.pretrain_epochs):
+            pretrain(
+                [faces / "utkface", reals], pre_run,
+                model_cfg=ModelConfig(encoder=cfg.encoder, img_size=cfg.img_size, mask=cfg.mask, distill_weight=cfg.distill_weight),
+                train_cfg=TrainConfig(epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch, base_lr=cfg.pretrain_blr,
+                                      warmup_epochs=min(1.0, cfg.pretrain_epochs / 10), **train_common),
+                resume=(pre_run / "last").exists(), device=device, progress=progress,
+                max_steps_per_epoch=cfg.max_steps_per_epoch,
+            )  # fmt: skip
+
+    ft_run = work / "finetune"
+    with stage("finetune"):
+        if not _stage_done(ft_run, cfg.finetune_epochs):
+            finetune(
+                [dfdc], ft_run,
+                detector_cfg=DetectorConfig(name=cfg.detector, encoder=cfg.encoder, img_size=cfg.img_size),
+                train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
+                                      warmup_epochs=min(1.0, cfg.finetune_epochs / 5), **train_common),
+                pretrained=pre_run, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio,
+                crop_size=cfg.crop_size, resume=(ft_run / "last").exists(), device=device, progress=progress,
+                max_steps_per_epoch=cfg.max_steps_per_epoch,
+            )  # fmt: skip
+
+    with stage("export and measure"):
+        bundle = load_bundle(ft_run)
+        export_bundle(bundle, export_to, card={})
+        shipped = load_bundle(export_to)  # measure exactly what ships (fp16, one branch)
+        val_records = [r for r in read_face_manifest(dfdc) if r.extra.get("split") == "val"]
+        val_set = DetectionFaces(build_items(val_records), shipped.pre)
+        probs, unc = score_dataset(shipped.detector, val_set, 64, cfg.workers)
+        decision = Decision.from_json(fit_decision(val_set.labels(), probs, unc))
+        shipped = replace(shipped, decision=decision)
+        ffpp = measure_ffpp(shipped, shared, cfg.frames)
+
+    fakes = [r["p_fake"] for r in ffpp if r["label"] == "fake" and r["p_fake"] is not None]
+    originals = [r["p_fake"] for r in ffpp if r["label"] == "real" and r["p_fake"] is not None]
+    card = {
+        "name": f"realface default ({preset})",
+        "recipe": {"preset": preset, **asdict(cfg)},
+        "data": {
+            "pretraining": f"real faces only: UTKFace shard {cfg.utk_shard[0]}/{cfg.utk_shard[1]} + DFDC train-split reals",
+            "finetuning": "DFDC train split (real + labelled fakes)" + (f" + SBI pseudo-fakes x{cfg.sbi_ratio}" if cfg.sbi_ratio else ""),
+            "selection_and_threshold": "DFDC val split (split by source video; never trained on)",
+        },
+        "preprocessing": Preprocessing.to_dict(shipped.pre),
+        "dfdc_val": decision.val,
+        "ffpp_videos": ffpp,
+        "ffpp_fakes_above_originals": bool(fakes and originals and min(fakes) > max(originals)),
+        "hardware": machine(),
+        "wall_time_s": {k: round(v, 1) for k, v in times.items()},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    export_bundle(shipped, export_to, decision=decision, card=card)
+    (Path(export_to) / "MODEL_CARD.md").write_text(model_card_markdown(card))
+    (work / "card.json").write_text(json.dumps(card, indent=2, default=float))
+    return card
+
+
+def model_card_markdown(card: dict[str, Any]) -> str:
+    """The model card as Markdown (numbers from the DFDC val split and the FF++ sample videos)."""
+    val = card["dfdc_val"]
+    r = card["recipe"]
+    lines = [
+        f"# Model card: {card['name']}",
+        "",
+        f"Produced by `realface recipe {r['preset']}` on {card['date']} ({card['hardware']}).",
+        "",
+        "## What it is",
+        f"- Encoder `{r['encoder']}` at {r['img_size']} px, pretrained on real faces only ({r['mask']} masking,"
+        f" self-distillation weight {r['distill_weight']}, {r['pretrain_epochs']} epochs), then fine-tuned as a"
+        f" `{r['detector']}` detector for {r['finetune_epochs']} epochs.",
+        f"- Crops: aligned faces, face box scaled by {card['preprocessing']['crop_margin']}, {r['crop_size']} px.",
+        "",
+        "## Data",
+        *[f"- {k.replace('_', ' ')}: {v}" for k, v in card["data"].items()],
+        "",
+        "## Measured on the DFDC val split (not trained on)",
+        "| frame AUC | EER | AP | balanced accuracy at threshold | threshold | coverage of the confident band |",
+        "|---|---|---|---|---|---|",
+        f"| {val['auc']:.3f} | {val['eer']:.3f} | {val['ap']:.3f} | {val['balanced_accuracy']:.3f} |"
+        f" {val['threshold']:.3f} | {val['coverage']:.3f} |",
+        "",
+        "The threshold is fitted (EER point) on this same val split, so balanced accuracy there is optimistic.",
+        "",
+        f"## FF++ sample videos (video-level p(fake), {r['frames']} frames; a sanity check, not an accuracy claim)",
+        "| video | label | method | p(fake) | verdict |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {v['video']} | {v['label']} | {v['method']} | "
+            f"{'-' if v['p_fake'] is None else format(v['p_fake'], '.3f')} | {v['verdict']} |"
+            for v in card["ffpp_videos"]
+        ],
+        "",
+        f"All fakes ranked above all originals: {'yes' if card['ffpp_fakes_above_originals'] else 'no'}.",
+        "",
+        "## Wall time (seconds)",
+        *[f"- {k}: {v}" for k, v in card["wall_time_s"].items()],
+        "",
+    ]
+    return "\n".join(lines)
