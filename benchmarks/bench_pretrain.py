@@ -196,9 +196,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--decoders", nargs="+", default=["128x2"], help="decoder WIDTHxDEPTH list, e.g. 128x2 256x4")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:  # one group, in its own process
         group = [Case(**{**c, "decoder": tuple(c["decoder"])}) for c in json.loads(args.child)]
         print(json.dumps(run_group(group, args.batch, args.steps, args.warmup, args.device, args.seed)))
@@ -210,7 +213,8 @@ def main() -> None:
     rows: list[tuple[Case, dict[str, float]]] = []
     for group in groups(args.sizes, decoders):
         cmd = [sys.executable, __file__, "--child", json.dumps([asdict(c) for c in group]), "--batch", str(args.batch),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--seed", str(args.seed)]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--seed", str(args.seed),
+               "--threads", str(args.threads)]
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
         results = json.loads(proc.stdout.strip().splitlines()[-1])
         rows += list(zip(group, results))

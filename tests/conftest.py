@@ -27,3 +27,26 @@ def utk_crops(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     report = preprocess(images, out, config=PipelineConfig(crop_size=112, assume_cropped=True), progress=False)
     assert report.ok
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported detector bundle (vit_tiny at 64 px, random weights, crops of 64 px) for tests of the
+    plumbing (detect, serve, evaluate); its verdicts mean nothing. Threshold 0.5, band 0.1."""
+    import torch
+
+    from realface.bundle import Bundle, Decision, export_bundle
+    from realface.data.faceset import Preprocessing
+    from realface.models.detectors import DetectorConfig, build_detector
+
+    torch.manual_seed(0)
+    config = DetectorConfig(name="vit", img_size=64)
+    bundle = Bundle(
+        detector=build_detector(config).eval(),
+        config=config,
+        pre=Preprocessing(img_size=64, crop_size=64),
+        decision=Decision(threshold=0.5, band=0.1, policy="fixed"),
+        card={"name": "test model (random weights)"},
+        source=Path("."),
+    )
+    return export_bundle(bundle, tmp_path_factory.mktemp("tiny_model") / "weights")

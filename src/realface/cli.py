@@ -26,6 +26,51 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# evaluate
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure a model on test sets: AUC, EER, AP, ... at frame and video level, with a report",
+        description="Score test sets (face crops, or raw images and videos) and write metrics.json, Markdown "
+        "tables, ROC curves, histograms, a reliability diagram, the hardest errors and an HTML page.",
+    )
+    p.add_argument("--model", type=Path, default=None, help="finetune run or exported weights (default: shipped)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, nargs="+", help="manifests (one test set each)")
+    src.add_argument("--protocol", type=Path, help="YAML file listing test sets by name")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--frames", type=int, default=32, help="frames per video (raw videos)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from realface.bundle import load_bundle
+    from realface.detect import check_device
+    from realface.eval.evaluate import evaluate
+    from realface.eval.protocol import Protocol, load_protocol
+    from realface.eval.report import summary_table
+
+    protocol = load_protocol(args.protocol) if args.protocol else Protocol.from_manifests(args.data)
+    bundle = load_bundle(args.model, check_device(args.device))
+    report = evaluate(
+        bundle, protocol, args.out, frames=args.frames, batch_size=args.batch_size, bootstrap=args.bootstrap,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    header, rows = summary_table(report["datasets"])
+    print(" | ".join(header))
+    for row in rows:
+        print(" | ".join(str(c) for c in row))
+    print(f"report: {args.out / 'index.html'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # preprocess
 
 
@@ -140,6 +185,43 @@ def _run_detect(args: argparse.Namespace) -> int:
     else:
         print(format_table(results))
     return 1 if any(r.status == "error" for r in results) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP API and web page for detection (POST /v1/detect, GET /v1/model, /healthz, /docs)",
+        description="Load the model once and answer uploads over HTTP with the JSON of `detect --json`; "
+        "the page at / lets a person drop a photo or a video and see the verdict and heatmap.",
+    )
+    p.add_argument("--model", type=Path, default=None, help="finetune run or exported weights (default: shipped)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload, MiB (default 50)")
+    p.add_argument("--max-video-seconds", type=float, default=300.0, help="longest video, seconds (default 300)")
+    p.add_argument("--max-jobs", type=int, default=2, help="requests admitted at once; more get 503 (default 2)")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from realface.bundle import load_bundle
+    from realface.detect import check_device
+    from realface.serve import ServeLimits, run_server
+
+    if not 0 < args.port < 65536:
+        raise RealfaceError(f"--port must be within 1..65535, got {args.port}")
+    limits = ServeLimits(
+        max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds, max_jobs=args.max_jobs
+    )
+    bundle = load_bundle(args.model, check_device(args.device))
+    run_server(bundle, host=args.host, port=args.port, limits=limits, frames=args.frames)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"realface {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_detect, _add_preprocess, _add_pretrain, _add_finetune, _add_recipe, _add_synth_sbi):
+    for add in (
+        _add_detect, _add_evaluate, _add_serve, _add_preprocess, _add_pretrain, _add_finetune, _add_recipe,
+        _add_synth_sbi,
+    ):
         add(sub)
     return parser
 

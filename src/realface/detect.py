@@ -20,7 +20,7 @@ from realface.errors import InputError, RealfaceError
 from realface.eval.aggregate import aggregate_scores
 from realface.eval.thresholds import decide, distance_confidence
 from realface.faces.media import media_kind, read_image
-from realface.faces.pipeline import Face, FacePipeline, PipelineConfig
+from realface.faces.pipeline import FacePipeline, PipelineConfig
 
 TOP_FRAMES = 3  # frames listed as "the frames that drove" a video verdict
 
@@ -84,30 +84,43 @@ def _write_rgb(path: Path, rgb: np.ndarray) -> str:
 class Scanner:
     """Scores the faces of images and videos with one loaded model."""
 
-    def __init__(self, bundle: Bundle, *, frames: int = 32, batch_size: int = 32, heatmap_dir: Path | None = None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        frames: int = 32,
+        batch_size: int = 32,
+        heatmap_dir: Path | None = None,
+        assume_cropped: bool = False,
+    ) -> None:
+        """assume_cropped: an image with no detected face is taken as a face crop (for data sets of crops)."""
         self.bundle = bundle
         self.batch_size = batch_size
         self.heatmap_dir = Path(heatmap_dir) if heatmap_dir is not None else None
         self.device = next(bundle.detector.parameters()).device
         pre = bundle.pre
-        self.pipeline = FacePipeline(PipelineConfig(crop_size=pre.crop_size, margin=pre.crop_margin, frames=frames))
+        self.pipeline = FacePipeline(
+            PipelineConfig(crop_size=pre.crop_size, margin=pre.crop_margin, frames=frames, assume_cropped=assume_cropped)
+        )
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def _tensors(self, faces: list[Face]) -> torch.Tensor:
+    def _tensors(self, crops: list[np.ndarray]) -> torch.Tensor:
         size = self.bundle.pre.img_size
         views = [
-            f.crop if f.crop.shape[0] == size else cv2.resize(f.crop, (size, size), interpolation=cv2.INTER_AREA)
-            for f in faces
+            c if c.shape[0] == size else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops
         ]
         return torch.stack([to_tensor(v, self.bundle.pre) for v in views])
 
-    def score(self, faces: list[Face]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
-        """p(fake) (N,), confidence (N,), and heat maps (N of (S, S)) when a heatmap folder is set."""
+    def score(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+        """p(fake) (N,), confidence (N,), and heat maps (N of (S, S)) when a heatmap folder is set.
+
+        crops: aligned face crops (S, S, 3) uint8 RGB, as the face pipeline makes them.
+        """
         detector, decision = self.bundle.detector, self.bundle.decision
         probs, conf, heats = [], [], []
-        for start in range(0, len(faces), self.batch_size):
-            x = self._tensors(faces[start : start + self.batch_size]).to(self.device)
+        for start in range(0, len(crops), self.batch_size):
+            x = self._tensors(crops[start : start + self.batch_size]).to(self.device)
             with torch.no_grad():
                 out = detector(x)
             p = out.prob_fake.float().cpu().numpy()
@@ -145,7 +158,7 @@ class Scanner:
         faces = self.pipeline.faces_in_image(rgb)
         if not faces:
             return FileResult(path=name, kind="image", status="no_face", message="no face found")
-        probs, conf, heats = self.score(faces)
+        probs, conf, heats = self.score([f.crop for f in faces])
         verdicts = self._verdicts(probs, conf)
         results = []
         for i, face in enumerate(faces):
@@ -171,7 +184,7 @@ class Scanner:
                 frames_sampled=len(frames), frames_without_face=missing,
             )  # fmt: skip
         faces = [f.face for f in with_face]
-        probs, conf, heats = self.score(faces)
+        probs, conf, heats = self.score([f.crop for f in faces])
         verdicts = self._verdicts(probs, conf)
         results = [
             FaceResult(f.frame, 0, [round(float(v), 1) for v in f.face.bbox], float(p), float(c), v)

@@ -37,7 +37,9 @@ class RecipeConfig:
     frames: int = 32  # frames per FF++ video when measuring
     mask: str = "crfr-p"  # pretraining masking strategy
     distill_weight: float = 0.1  # self-distillation weight (0 = off)
-    pretrain_epochs: int = 12
+    decoder_dim: int = 128  # MAE decoder width (a light decoder keeps the masked step cheap on a CPU)
+    decoder_depth: int = 2  # MAE decoder blocks
+    pretrain_epochs: int = 8
     pretrain_batch: int = 128
     pretrain_blr: float = 1.5e-4
     detector: str = "vit"  # vit, rffr or competitive
@@ -63,7 +65,8 @@ PRESETS: dict[str, RecipeConfig] = {
     ),
     "cpu": RecipeConfig(),
     "gpu": RecipeConfig(
-        crop_size=224, img_size=224, encoder="vit_small_patch16", utk_shard=(0, 1), pretrain_epochs=100,
+        crop_size=224, img_size=224, encoder="vit_small_patch16", utk_shard=(0, 1), decoder_dim=256, decoder_depth=4,
+        pretrain_epochs=100,
         pretrain_batch=256, finetune_epochs=20, finetune_batch=128, workers=8,
     ),
 }  # fmt: skip
@@ -183,7 +186,8 @@ def run_recipe(
         if not _stage_done(pre_run, cfg.pretrain_epochs):
             pretrain(
                 [faces / "utkface", reals], pre_run,
-                model_cfg=ModelConfig(encoder=cfg.encoder, img_size=cfg.img_size, mask=cfg.mask, distill_weight=cfg.distill_weight),
+                model_cfg=ModelConfig(encoder=cfg.encoder, img_size=cfg.img_size, mask=cfg.mask, distill_weight=cfg.distill_weight,
+                                      decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, decoder_heads=4),
                 train_cfg=TrainConfig(epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch, base_lr=cfg.pretrain_blr,
                                       warmup_epochs=min(1.0, cfg.pretrain_epochs / 10), **train_common),
                 resume=(pre_run / "last").exists(), device=device, progress=progress,

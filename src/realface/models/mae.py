@@ -134,7 +134,8 @@ class MaskedAutoencoder(nn.Module):
         """(loss_rec, loss_region): mean per-patch MSE over masked patches, and over masked region patches.
 
         imgs: (N, 3, H, W); pred: (N, L, p*p*3); mask, region_mask: (N, L) bool, True = masked / in region.
-        loss_region is 0 when region_mask is None or selects no masked patch.
+        loss_region: per-face mean over the region's masked patches, averaged over all N faces (a face whose
+        region_mask selects nothing counts 0); 0 when region_mask is None.
         """
         target, _, _ = self.target(imgs)
         per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)  # (N, L)
@@ -142,8 +143,12 @@ class MaskedAutoencoder(nn.Module):
         loss_rec = (per_patch * m).sum() / m.sum()
         if region_mask is None:
             return loss_rec, per_patch.new_zeros(())
+        # Per face, the mean over its region's patches; then the mean over all N faces (0 for a face without
+        # a region). Normalizing per face, not per batch, keeps the loss the same however a batch is split
+        # across processes (DDP) or accumulation steps.
         r = (region_mask & mask).to(per_patch.dtype)
-        return loss_rec, (per_patch * r).sum() / r.sum().clamp(min=1.0)
+        per_face = (per_patch * r).sum(dim=1) / r.sum(dim=1).clamp(min=1.0)  # (N,)
+        return loss_rec, per_face.mean()
 
     def forward(
         self,
