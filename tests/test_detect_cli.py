@@ -1,0 +1,107 @@
+"""`realface detect` end to end on real images and videos, with a small exported model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from realface.cli import main
+
+VERDICTS = {"real", "fake", "uncertain"}
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "astronaut.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def run_json(capsys, args: list[str]) -> tuple[int, dict]:
+    code = main(["detect", *args, "--json", "--no-progress"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_image_and_video_json_with_heatmaps(tiny_model, astronaut, shared_data, tmp_path, capsys):
+    video = shared_data / "ffpp-videos" / "original" / "519.mp4"
+    heat = tmp_path / "heat"
+    code, out = run_json(
+        capsys, [str(astronaut), str(video), "--model", str(tiny_model), "--frames", "3", "--heatmap", str(heat)]
+    )
+    assert code == 0
+    assert out["model"]["decision"]["threshold"]["value"] == 0.5
+    image, vid = out["results"]
+    assert image["kind"] == "image" and image["status"] == "ok" and image["verdict"] in VERDICTS
+    assert 0.0 <= image["p_fake"] <= 1.0 and image["p_fake"] == max(f["p_fake"] for f in image["faces"])
+    face = image["faces"][0]
+    x0, y0, x1, y1 = face["bbox"]
+    assert 150 < x0 < x1 < 300 and 50 < y0 < y1 < 200  # the astronaut's face in the 512x512 picture
+    crop_overlay = cv2.imread(face["heatmap"])
+    assert crop_overlay.shape == (64, 64, 3)
+    assert vid["kind"] == "video" and vid["frames_sampled"] == 3 and len(vid["faces"]) == 3
+    assert vid["verdict"] in VERDICTS and all(f["frame"] >= 0 for f in vid["faces"])
+    assert set(vid["top_frames"]) <= {f["frame"] for f in vid["faces"]}
+    sheet = cv2.imread(vid["contact_sheet"])
+    assert sheet is not None and sheet.shape[1] == 8 * 64
+    # the overlay is not the plain crop: heat colours were blended in
+    from realface.bundle import load_bundle
+    from realface.detect import Scanner
+
+    plain = Scanner(load_bundle(tiny_model)).pipeline.faces_in_image(skdata.astronaut())[0].crop
+    assert np.abs(crop_overlay[..., ::-1].astype(int) - plain.astype(int)).mean() > 5
+
+
+def test_csv_and_table_outputs(tiny_model, astronaut, capsys):
+    assert main(["detect", str(astronaut), "--model", str(tiny_model), "--csv", "--no-progress"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows and rows[0]["path"] == str(astronaut) and rows[0]["verdict"] in VERDICTS
+    assert main(["detect", str(astronaut), "--model", str(tiny_model), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "astronaut.jpg" in table and any(v.upper() in table for v in VERDICTS)
+
+
+def test_folder_no_face_and_bad_files(tiny_model, astronaut, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "face.jpg").write_bytes(astronaut.read_bytes())
+    sky = np.tile(np.linspace(0, 255, 320, dtype=np.uint8)[None, :, None], (240, 1, 3))
+    cv2.imwrite(str(folder / "sky.png"), sky)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "broken.jpg").write_bytes(astronaut.read_bytes()[:300])
+    (folder / "notes.mp4").write_bytes(b"this is not a video")
+    code, out = run_json(capsys, [str(folder), "--model", str(tiny_model)])
+    assert code == 1  # some inputs could not be read
+    by_name = {Path(r["path"]).name: r for r in out["results"]}
+    assert by_name["face.jpg"]["status"] == "ok"
+    assert by_name["sky.png"]["status"] == "no_face" and by_name["sky.png"]["verdict"] is None
+    for bad in ("empty.jpg", "broken.jpg", "notes.mp4"):
+        assert by_name[bad]["status"] == "error"
+        message = by_name[bad]["message"]
+        assert message and "\n" not in message and "Traceback" not in message
+
+
+def test_stdin_and_user_errors(tiny_model, astronaut, tmp_path):
+    cmd = [sys.executable, "-m", "realface", "detect", "-", "--model", str(tiny_model), "--json", "--no-progress"]
+    result = subprocess.run(cmd, input=astronaut.read_bytes(), capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-500:]
+    assert json.loads(result.stdout)["results"][0]["path"] == "-"
+    missing = subprocess.run(
+        [sys.executable, "-m", "realface", "detect", str(tmp_path / "nope.jpg"), "--model", str(tiny_model)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "input not found" in missing.stderr
+    no_model = subprocess.run(
+        [sys.executable, "-m", "realface", "detect", str(astronaut), "--model", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert no_model.returncode == 2 and "is not a model" in no_model.stderr and "Traceback" not in no_model.stderr
