@@ -1,11 +1,11 @@
-# Two entry points that work on a fresh machine: `make test` and `make demo`.
+# Entry points that work on a fresh machine: `make test` and `make demo` (see README.md).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SHARED ?= ../shared/data
 
-.PHONY: test demo install bench clean
+.PHONY: test demo install browser bench default-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,14 +15,25 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Debian's Chromium and its driver for the browser test of the web page (skipped with a reason if absent).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+		  echo "could not install chromium: the browser test will be skipped"; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/realface preprocess $(SHARED)/ffpp-videos/manifest.csv --out runs/demo-faces --frames 8
+	$(BIN)/realface detect $(SHARED)/ffpp-videos --frames 16 --heatmap runs/demo-heatmaps
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_faces.py
+	$(BIN)/python benchmarks/bench_pretrain.py
+	$(BIN)/python benchmarks/bench_detectors.py
+
+default-model: $(STAMP)
+	$(BIN)/realface recipe cpu --shared $(SHARED)
 
 clean:
 	rm -rf runs build dist src/*.egg-info

@@ -494,7 +494,7 @@ def create_app(bundle: Bundle, *, limits: ServeLimits | None = None, frames: int
     async def detect(
         request: Request, heatmap: bool = Query(False, description="add heatmaps as base64 PNG")
     ) -> dict[str, Any]:
-        if False:
+        if not service.try_admit():
             await drain(request, limits.max_upload_bytes + MULTIPART_OVERHEAD)
             raise service.busy_error()
         try:
