@@ -23,8 +23,10 @@ def utk_crops(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     from realface.faces.preprocess import preprocess
 
     images = sorted((shared_data / "utkface" / "images").glob("*.jpg"))[:16]
+    manifest = tmp_path_factory.mktemp("utk_manifest") / "manifest.csv"
+    manifest.write_text("path,label\n" + "".join(f"{p},real\n" for p in images))
     out = tmp_path_factory.mktemp("utk_crops")
-    report = preprocess(images, out, config=PipelineConfig(crop_size=112, assume_cropped=True), progress=False)
+    report = preprocess([manifest], out, config=PipelineConfig(crop_size=112, assume_cropped=True), progress=False)
     assert report.ok
     return out
 
