@@ -1,0 +1,58 @@
+"""The recipe in its tiny configuration end to end, and `realface evaluate` on what it made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from realface.cli import main
+from realface.train import checkpoint as ckpt
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(shared_data: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("recipe")
+    weights = root / "weights"
+    args = ["recipe", "tiny", "--shared", str(shared_data), "--work", str(root / "work"), "--export", str(weights),
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    return weights
+
+
+def test_recipe_exports_weights_with_a_model_card(tiny_recipe):
+    config = ckpt.read_json(tiny_recipe / "config.json")
+    assert config["kind"] == "detector-export"
+    card = config["card"]
+    assert card["recipe"]["preset"] == "tiny" and set(card["wall_time_s"]) >= {"pretrain", "finetune"}
+    assert len(card["ffpp_videos"]) == 7 and 0.0 <= card["dfdc_val"]["auc"] <= 1.0
+    weights = ckpt.load_weights(tiny_recipe / "model.safetensors", dtype=None)
+    assert all(t.dtype.is_floating_point is False or t.dtype == __import__("torch").float16 for t in weights.values())
+    assert "FF++ sample videos" in (tiny_recipe / "MODEL_CARD.md").read_text()
+
+
+def test_detect_uses_the_recipe_weights(tiny_recipe, shared_data, capsys):
+    video = shared_data / "ffpp-videos" / "FaceSwap" / "634_660.mp4"
+    assert main(["detect", str(video), "--model", str(tiny_recipe), "--frames", "2", "--json", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["card"]["recipe"]["preset"] == "tiny"
+    assert out["results"][0]["status"] == "ok" and out["results"][0]["verdict"] in {"real", "fake", "uncertain"}
+
+
+def test_evaluate_writes_the_report(tiny_recipe, shared_data, tmp_path, capsys):
+    report = tmp_path / "report"
+    ffpp = shared_data / "ffpp-videos" / "manifest.csv"
+    args = ["evaluate", "--model", str(tiny_recipe), "--data", str(ffpp), "--out", str(report), "--frames", "2",
+            "--bootstrap", "50", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert "ffpp-videos" in capsys.readouterr().out
+    metrics = json.loads((report / "metrics.json").read_text())
+    ds = metrics["datasets"]["ffpp-videos"]
+    assert ds["frame"]["n"] == 14 and ds["video"] is not None  # 7 videos x 2 frames
+    assert (report / "index.html").is_file() and (report / "scores.csv").is_file()
+    assert list((report / "plots").glob("*.png"))
+    # a protocol that names a missing file is a one-line error
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndatasets:\n  a: {data: nowhere.csv}\n")
+    assert main(["evaluate", "--model", str(tiny_recipe), "--protocol", str(bad), "--out", str(tmp_path / "r")]) == 2
