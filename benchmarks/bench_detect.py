@@ -31,7 +31,6 @@ def main() -> None:
     import torch
 
     from realface.bundle import load_bundle
-    from realface.data.faceset import read_rgb
     from realface.detect import Scanner
     from realface.faces.media import read_image
 

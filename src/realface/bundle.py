@@ -23,7 +23,6 @@ from realface.errors import RealfaceError
 from realface.models.detectors import Detector, DetectorConfig, build_detector
 from realface.train import checkpoint as ckpt
 
-DECISION = "decision.json"
 
 
 def default_weights_dir() -> Path:
@@ -108,7 +107,7 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
     if kind == "detector":  # a finetune run folder
         det_cfg = DetectorConfig.from_dict(config["detector"])
         weights = source / "best" / ckpt.WEIGHTS
-        decision_path = source / DECISION
+        decision_path = source / ckpt.DECISION
         decision = Decision.from_json(ckpt.read_json(decision_path)) if decision_path.is_file() else Decision()
         card = {"run": str(source), "train": config.get("train", {}), "data": config.get("data", [])}
     elif kind == "detector-export":

@@ -29,6 +29,7 @@ WEIGHTS = "model.safetensors"
 META = "meta.json"
 STATE = "train_state.pt"
 CONFIG = "config.json"
+DECISION = "decision.json"  # a detector run's threshold and confidence band (see train.finetune)
 
 
 def write_json(path: Path, data: Any) -> None:

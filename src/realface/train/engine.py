@@ -98,6 +98,21 @@ class History:
     epochs: list[dict[str, float]] = field(default_factory=list)  # one row per epoch: train means + metrics
 
 
+def open_run(out: Path, resume: bool, train_cfg: TrainConfig) -> tuple[dict[str, Any] | None, TrainConfig]:
+    """Start or continue a run folder.
+
+    resume: (the run's saved config.json, its saved training settings with `train_cfg.epochs` as the new
+    epoch count). Otherwise (None, train_cfg), after checking that `out` holds no run yet.
+    """
+    out = Path(out)
+    if resume:
+        saved = ckpt.read_json(out / ckpt.CONFIG)
+        return saved, TrainConfig.from_dict({**saved["train"], "epochs": train_cfg.epochs})
+    if (out / "last").exists():
+        raise RealfaceError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    return None, train_cfg
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     if precision == "bf16":
         return True

@@ -25,11 +25,10 @@ from realface.models.detectors import DetectorConfig, build_detector
 from realface.predict import score_batches
 from realface.train import checkpoint as ckpt
 from realface.train.distributed import init_distributed, shutdown_distributed
-from realface.train.engine import History, TrainConfig, fit
+from realface.train.engine import History, TrainConfig, fit, open_run
 from realface.train.pretrain import load_face_records
 from realface.train.schedule import param_groups
 
-DECISION = "decision.json"
 # Detector settings that a pretraining run fixes (see DetectorConfig.for_pretrainer).
 INHERITED = ("name", "encoder", "img_size", "mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix")
 
@@ -137,12 +136,9 @@ def finetune(
     from realface.models.pretrained import load_pretrainer
 
     out = Path(out)
-    if resume:
-        saved = ckpt.read_json(out / ckpt.CONFIG)
+    saved, train_cfg = open_run(out, resume, train_cfg)
+    if saved is not None:
         detector_cfg = DetectorConfig.from_dict(saved["detector"])
-        train_cfg = TrainConfig.from_dict({**saved["train"], "epochs": train_cfg.epochs})
-    elif (out / "last").exists():
-        raise RealfaceError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
     torch.manual_seed(train_cfg.seed)
     dist_info = init_distributed(device)
@@ -210,7 +206,7 @@ def finetune(
         if dist_info.is_main and val_set is not None:
             detector.load_state_dict(ckpt.load_weights(out / "best" / ckpt.WEIGHTS))
             probs, unc = task.validation_scores(detector)
-            ckpt.write_json(out / DECISION, fit_decision(val_set.labels(), probs, unc, threshold_policy))
+            ckpt.write_json(out / ckpt.DECISION, fit_decision(val_set.labels(), probs, unc, threshold_policy))
         return history
     finally:
         shutdown_distributed()

@@ -21,9 +21,8 @@ from realface.models.masking import sample_masks
 from realface.models.pretrainer import ModelConfig, Pretrainer, build_pretrainer
 from realface.models.vit import load_init
 from realface.train.distributed import init_distributed, shutdown_distributed
-from realface.train.engine import History, TrainConfig, fit
+from realface.train.engine import History, TrainConfig, fit, open_run
 from realface.train.schedule import param_groups
-from realface.train import checkpoint as ckpt
 
 GRID_FACES = 8  # faces shown in each epoch's picture grid
 
@@ -132,13 +131,10 @@ def pretrain(
     training settings and the preprocessing the weights expect.
     """
     out = Path(out)
-    if resume:
-        saved = ckpt.read_json(out / ckpt.CONFIG)
+    saved, train_cfg = open_run(out, resume, train_cfg)
+    if saved is not None:
         model_cfg = ModelConfig.from_dict(saved["model"])
-        train_cfg = TrainConfig.from_dict({**saved["train"], "epochs": train_cfg.epochs})
         pre = Preprocessing.from_dict(saved["preprocessing"])
-    elif (out / "last").exists():
-        raise RealfaceError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     else:
         pre = Preprocessing(img_size=model_cfg.img_size)
 
