@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -101,8 +104,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
-
     text = f"{cpu}, {os.cpu_count()} cores"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
@@ -153,18 +154,13 @@ def run_recipe(
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
 
-    def stage(name: str):
+    @contextmanager
+    def stage(name: str) -> Iterator[None]:
+        if progress:
+            print(f"== {name}", flush=True)
         start = time.perf_counter()
-
-        class _T:
-            def __enter__(self):
-                if progress:
-                    print(f"== {name}", flush=True)
-
-            def __exit__(self, *exc):
-                times[name] = times.get(name, 0.0) + time.perf_counter() - start
-
-        return _T()
+        yield
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
 
     faces = work / "faces"
     pipe = PipelineConfig(crop_size=cfg.crop_size, assume_cropped=True)

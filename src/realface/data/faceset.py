@@ -9,6 +9,7 @@ the same whatever the number of worker processes or machines, and `--resume` rep
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,6 +52,25 @@ def read_rgb(path: str) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError(f"{path}: cannot read image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_face(record) -> np.ndarray:
+    """The crop of a FaceRecord as (H, W, 3) uint8 RGB: a plain file, or a JPEG inside a tar shard.
+
+    A shard is read with os.pread at the record's offset: no shared file position, so DataLoader worker
+    processes can read the same shard at once.
+    """
+    if record.offset < 0:
+        return read_rgb(record.path)
+    fd = os.open(record.path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, record.size, record.offset)
+    finally:
+        os.close(fd)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"{record.path}: face at byte {record.offset} cannot be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -143,7 +163,7 @@ class PretrainFaces(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rec = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        rgb = read_rgb(rec.path)
+        rgb = read_face(rec)
         labels = None
         if rec.landmarks is not None:
             labels = region_label_map(rec.landmarks, rgb.shape[0], rgb.shape[1])

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from realface.data.augment import WildAugment, WildAugmentConfig
-from realface.data.faceset import Preprocessing, read_rgb, to_tensor
+from realface.data.faceset import Preprocessing, read_face, to_tensor
 from realface.data.sbi import SBIConfig, self_blend
 from realface.errors import RealfaceError
 
@@ -107,7 +107,7 @@ class DetectionFaces(Dataset):
         """The (S, S, 3) uint8 face the model sees for this item in this epoch."""
         item = self.items[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        rgb = read_rgb(item.record.path)
+        rgb = read_face(item.record)
         landmarks = item.record.landmarks
         if item.kind == "sbi":
             rgb = self_blend(rgb, landmarks, rng, self.sbi).fake

@@ -3,6 +3,8 @@
 `read_face_manifest` accepts:
 - a face manifest CSV (`manifest.csv` or a shard's `manifest.shard{i}of{n}.csv`);
 - a preprocess output folder: all its `manifest*.csv` files, shards merged;
+- WebDataset tar shards written by `realface preprocess --format webdataset` (`<key>.jpg` + `<key>.json`),
+  or a folder of them: each face is read straight from the tar by its byte offset (`FaceRecord.offset`);
 - a plain folder of face crops (images, searched recursively) with no manifest: each image is one face
   with `landmarks` None (region masks then need landmarks found some other way), label taken from a
   `real`/`fake` folder name on its path when there is one, else "".
@@ -11,6 +13,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +37,8 @@ class FaceRecord:
     source: str = ""  # the image or video it came from
     frame: int = -1  # video frame index; -1 for an image
     extra: dict[str, str] = field(default_factory=dict)  # other columns carried from the input manifest
+    offset: int = -1  # byte offset of the JPEG inside `path` when `path` is a tar shard; -1 = a plain file
+    size: int = 0  # byte size of that JPEG
 
 
 def parse_landmarks(text: str) -> np.ndarray:
@@ -68,6 +74,35 @@ def _read_csv(path: Path) -> list[FaceRecord]:
     return records
 
 
+def _read_tar(path: Path) -> list[FaceRecord]:
+    """Faces of one WebDataset shard: `<key>.json` (a manifest row, landmarks as a list) + `<key>.jpg`."""
+    try:
+        with tarfile.open(path) as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            records = []
+            for name, member in members.items():
+                image = members.get(name[: -len(".json")] + ".jpg") if name.endswith(".json") else None
+                if image is None:
+                    continue
+                meta = json.load(tar.extractfile(member))
+                landmarks = meta.get("landmarks")
+                records.append(
+                    FaceRecord(
+                        path=path.absolute(),
+                        landmarks=np.asarray(landmarks, np.float32).reshape(68, 2) if landmarks else None,
+                        label=str(meta.get("label") or ""),
+                        source=str(meta.get("source") or ""),
+                        frame=int(meta.get("frame") or -1),
+                        extra={k: str(v) for k, v in meta.items() if k not in _FIXED},
+                        offset=image.offset_data,
+                        size=image.size,
+                    )
+                )
+    except (tarfile.TarError, json.JSONDecodeError, ValueError) as err:
+        raise RealfaceError(f"{path}: not a readable face shard ({err})") from None
+    return sorted(records, key=lambda r: r.offset)
+
+
 def _label_from_path(path: Path) -> str:
     for part in reversed(path.parts[:-1]):
         if part.lower() in _LABEL_FOLDERS:
@@ -79,12 +114,15 @@ def read_face_manifest(path: Path) -> list[FaceRecord]:
     """Face records from a manifest file, a preprocess output folder, or a plain folder of crops."""
     path = Path(path)
     if path.is_file():
-        return _read_csv(path)
+        return _read_tar(path) if path.suffix == ".tar" else _read_csv(path)
     if not path.is_dir():
         raise RealfaceError(f"face manifest or folder not found: {path}")
     manifests = sorted(path.glob("manifest*.csv"))
     if manifests:
         return [record for manifest in manifests for record in _read_csv(manifest)]
+    shards = sorted(path.glob("*.tar"))
+    if shards:
+        return [record for shard in shards for record in _read_tar(shard)]
     crops = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not crops:
         raise RealfaceError(f"{path}: no manifest*.csv and no face images")
