@@ -6,6 +6,7 @@ turned into verdicts with the model's stored threshold and confidence band, and 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,9 +218,11 @@ class Scanner:
         )  # fmt: skip
 
     def _heat_path(self, name: str, suffix: str) -> Path:
+        """DIR/<file name>_<hash of the full path>_<suffix>.jpg: files of the same name never collide."""
         assert self.heatmap_dir is not None
         stem = Path(name).name.replace(".", "_") or "input"
-        return self.heatmap_dir / f"{stem}_{suffix}.jpg"
+        digest = hashlib.sha1(name.encode()).hexdigest()[:6]
+        return self.heatmap_dir / f"{stem}_{digest}_{suffix}.jpg"
 
 
 def check_device(name: str) -> torch.device:
