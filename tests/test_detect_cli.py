@@ -105,3 +105,13 @@ def test_stdin_and_user_errors(tiny_model, astronaut, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert no_model.returncode == 2 and "is not a model" in no_model.stderr and "Traceback" not in no_model.stderr
+
+
+def test_shipped_default_weights_load_and_say_what_they_are(astronaut, capsys):
+    """No --model: the weights inside the package, with their model card and the decision fitted on DFDC val."""
+    code, out = run_json(capsys, [str(astronaut)])
+    assert code == 0
+    model = out["model"]
+    assert model["card"]["recipe"]["preset"] in {"cpu", "gpu"} and "dfdc_val" in model["card"]
+    assert model["decision"]["threshold"]["policy"] == "eer"
+    assert out["results"][0]["status"] == "ok" and out["results"][0]["verdict"] in VERDICTS
