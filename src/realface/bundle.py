@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from realface.data.faceset import Preprocessing
@@ -32,9 +33,11 @@ def default_weights_dir() -> Path:
 
 @dataclass(frozen=True)
 class Decision:
-    """How a score becomes a verdict: fake when p(fake) >= threshold; "uncertain" when confidence < band."""
+    """How a score becomes a verdict: p(fake) is calibrated by the temperature, fake when it is >= threshold,
+    "uncertain" when the confidence is < band."""
 
-    threshold: float = 0.5  # decision threshold on p(fake), fitted on validation data
+    threshold: float = 0.5  # decision threshold on calibrated p(fake), fitted on validation data
+    temperature: float = 1.0  # temperature scaling fitted on validation: p = sigmoid(logit(p_model) / T)
     band: float = 0.0  # minimum confidence for a real/fake verdict; 0 = never uncertain
     confidence: str = "distance"  # "distance" from the threshold, or "evidential" (1 - uncertainty)
     policy: str = "fixed"  # how the threshold was chosen (eer, max_balanced_accuracy, target_fpr, fixed)
@@ -47,15 +50,25 @@ class Decision:
         policy = threshold.get("policy", "fixed") if isinstance(threshold, dict) else "fixed"
         return cls(
             threshold=float(value),
+            temperature=float(data.get("temperature", 1.0)),
             band=float(data.get("band", 0.0)),
             confidence=str(data.get("confidence", "distance")),
             policy=policy,
             val=dict(data.get("val", {})),
         )
 
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """The model's p(fake) (N,) -> calibrated p(fake) (N,)."""
+        if self.temperature == 1.0:
+            return probs
+        from realface.eval.calibration import apply_temperature, probabilities_to_logits
+
+        return apply_temperature(probabilities_to_logits(probs), self.temperature).astype(probs.dtype)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "threshold": {"value": self.threshold, "policy": self.policy, "params": {}},
+            "temperature": self.temperature,
             "band": self.band,
             "confidence": self.confidence,
             "val": self.val,

@@ -124,7 +124,7 @@ class Scanner:
             x = self._tensors(crops[start : start + self.batch_size]).to(self.device)
             with torch.no_grad():
                 out = detector(x)
-            p = out.prob_fake.float().cpu().numpy()
+            p = decision.calibrate(out.prob_fake.float().cpu().numpy())
             if decision.confidence == "evidential" and out.uncertainty is not None:
                 c = 1.0 - out.uncertainty.float().cpu().numpy()
             else:

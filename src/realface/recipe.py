@@ -152,15 +152,19 @@ def run_recipe(
         if not (shared / need).is_file():
             raise RealfaceError(f"{shared / need} not found: point --shared at the shared data folder")
     work.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
+    # Wall time per stage, kept across resumed runs: a resumed stage adds its new time to what earlier runs of
+    # it took (a finished stage adds ~0); the final stage, redone on every run, keeps its latest time.
+    times_file = work / "stage_times.json"
+    times: dict[str, float] = json.loads(times_file.read_text()) if times_file.is_file() else {}
 
     @contextmanager
-    def stage(name: str) -> Iterator[None]:
+    def stage(name: str, accumulate: bool = True) -> Iterator[None]:
         if progress:
             print(f"== {name}", flush=True)
         start = time.perf_counter()
         yield
-        times[name] = times.get(name, 0.0) + time.perf_counter() - start
+        times[name] = (times.get(name, 0.0) if accumulate else 0.0) + time.perf_counter() - start
+        times_file.write_text(json.dumps(times, indent=2))
 
     faces = work / "faces"
     pipe = PipelineConfig(crop_size=cfg.crop_size, assume_cropped=True)
@@ -202,7 +206,7 @@ def run_recipe(
                 max_steps_per_epoch=cfg.max_steps_per_epoch,
             )  # fmt: skip
 
-    with stage("export and measure"):
+    with stage("export and measure", accumulate=False):
         bundle = load_bundle(ft_run)
         export_bundle(bundle, export_to, card={})
         shipped = load_bundle(export_to)  # measure exactly what ships (fp16, one branch)

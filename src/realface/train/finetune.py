@@ -78,30 +78,44 @@ class FinetuneTask:
 
 
 def fit_decision(labels: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray | None, policy: str = "eer") -> dict:
-    """Threshold (by `policy`) and confidence band fitted on validation scores, as stored in decision.json.
+    """The decision rule fitted on validation scores, as stored in decision.json.
 
-    Confidence is 1 - uncertainty for evidential detectors, else the distance of p(fake) from the threshold
-    (realface.eval.thresholds.distance_confidence). The band is the smallest confidence at which the kept
-    validation faces reach 95% accuracy; when no band does, the band that keeps 80% of them.
+    1. Temperature scaling: T >= 1 minimizing the validation NLL of sigmoid(logit(p) / T); detection reports
+       the calibrated p(fake) = sigmoid(logit(p) / T).
+    2. The threshold on calibrated p(fake), by `policy` (realface.eval.thresholds).
+    3. The confidence band. Confidence is 1 - uncertainty for evidential detectors, else the distance of the
+       calibrated p(fake) from the threshold (realface.eval.thresholds.distance_confidence). The band is the
+       smallest confidence at which the kept validation faces reach 95% accuracy; when no band does, the band
+       that keeps 80% of them.
     """
+    from realface.eval.calibration import apply_temperature, expected_calibration_error, fit_temperature
+    from realface.eval.calibration import probabilities_to_logits
     from realface.eval.metrics import binary_report
     from realface.eval.thresholds import distance_confidence, fit_confidence_band, fit_threshold
 
-    threshold = fit_threshold(labels, probs, policy)
+    # Only softening (T >= 1) is applied: on a small or separable validation set the NLL keeps falling as T -> 0,
+    # which would push calibrated probabilities to exactly 0 or 1 and the threshold onto them.
+    temperature = max(1.0, fit_temperature(probabilities_to_logits(probs), labels))
+    calibrated = apply_temperature(probabilities_to_logits(probs), temperature)
+    threshold = fit_threshold(labels, calibrated, policy)
     kind = "evidential" if uncertainty is not None else "distance"
-    conf = 1.0 - uncertainty if uncertainty is not None else distance_confidence(probs, threshold.value)
+    conf = 1.0 - uncertainty if uncertainty is not None else distance_confidence(calibrated, threshold.value)
     try:
-        band = fit_confidence_band(labels, probs, conf, threshold.value, target_accuracy=0.95)
+        band = fit_confidence_band(labels, calibrated, conf, threshold.value, target_accuracy=0.95)
     except RealfaceError:
-        band = fit_confidence_band(labels, probs, conf, threshold.value, target_coverage=0.8)
+        band = fit_confidence_band(labels, calibrated, conf, threshold.value, target_coverage=0.8)
     kept = conf >= band
+    report = binary_report(labels, calibrated, threshold.value)
     return {
         "threshold": threshold.to_dict(),
+        "temperature": float(temperature),
         "confidence": kind,
         "band": float(band),
         "val": {
-            **{k: v for k, v in binary_report(labels, probs, threshold.value).items() if isinstance(v, (int, float))},
+            **{k: v for k, v in report.items() if isinstance(v, (int, float))},
             "coverage": float(kept.mean()),
+            "ece_before": float(expected_calibration_error(labels, probs)),
+            "ece_after": float(expected_calibration_error(labels, calibrated)),
         },
     }
 
