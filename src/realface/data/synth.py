@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from realface.data.faceset import read_rgb
 from realface.data.sbi import SBIConfig, self_blend
 from realface.errors import InputError, RealfaceError
 
@@ -48,13 +49,6 @@ def _faces_from_manifests(
                 continue
             faces.append(SBIFace(manifest.parent / record.path, np.asarray(record.landmarks, np.float64)))
     return faces, skipped
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(f"{path}: cannot read the face crop")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
@@ -99,7 +93,7 @@ def synth_sbi_faces(
         face = faces[i % len(faces)]
         name = f"{i:06d}_{face.path.stem}"
         try:
-            real = _read_rgb(face.path)
+            real = read_rgb(face.path)
             result = self_blend(real, face.landmarks, np.random.default_rng([seed, i]), config)
         except InputError as err:
             errors.append(f"{face.path}: {err}")

@@ -95,6 +95,16 @@ def expand_inputs(paths: list[Path]) -> list[MediaItem]:
 # images
 
 
+def _existing_file(path: Path) -> Path:
+    """`path` as a Path; InputError for a missing or empty file (checked before any decoder sees it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found")
+    if path.stat().st_size == 0:
+        raise InputError("empty file (0 bytes)")
+    return path
+
+
 def _to_rgb8(img: "Image.Image") -> np.ndarray:  # noqa: F821  (PIL imported lazily)
     """Any Pillow mode to (H, W, 3) uint8 RGB; 16-bit and 32-bit grey are scaled, alpha is dropped."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -119,11 +129,7 @@ def read_image(path: Path) -> np.ndarray:
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found")
-    if path.stat().st_size == 0:
-        raise InputError("empty file (0 bytes)")
+    path = _existing_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -174,11 +180,7 @@ class VideoInfo:
 def _open(path: Path):  # -> av.container.InputContainer
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found")
-    if path.stat().st_size == 0:
-        raise InputError("empty file (0 bytes)")
+    path = _existing_file(path)
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as err:
