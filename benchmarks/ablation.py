@@ -1,94 +1,179 @@
-"""A small-scale ablation of the fine-tuning choices, same budget per row, on the DFDC split.
+"""The ablation that decides the default: one choice changed at a time from the `cpu` recipe, same budget per row.
 
-Every row fine-tunes for the same number of optimizer steps on the same DFDC train-split faces (a fixed
-random subset) and is measured on the same DFDC val-split subset (never trained on; the val split is also
-the one the default model is selected on, so these are validation numbers, not a cross-dataset test):
+Every row is the recipe's own code (`realface.recipe.pretrain_stage` / `finetune_stage`) with one setting
+changed from the `cpu` preset:
 
-- pretraining: none (random init) vs the recipe's real-face pretraining run (`--pretrained`);
-- detector: vit vs rffr vs competitive (from the same pretraining run);
-- training fakes: labelled DFDC fakes vs SBI pseudo-fakes only vs both.
+- pretraining (each a full `cpu`-preset pretraining run on the recipe's real faces, same epochs and batch):
+  none (random init) vs MAE with random masking vs CRFR-P vs CRFR-P + self-distillation (= the recipe's, reused
+  from its work folder when its settings match);
+- detector: vit vs rffr vs competitive (the competitive row also reports the AUC of its one-branch export);
+- training fakes: labelled DFDC fakes only vs SBI pseudo-fakes only vs both (the recipe's);
+- fine-tuning layer-wise lr decay: the recipe's vs off.
 
-    python benchmarks/ablation.py --faces runs/recipe-cpu/faces/dfdc/manifest.csv \
-        --pretrained runs/recipe-cpu/pretrain --out runs/ablation [--train 2000 --val 1000 --steps 60]
+Fine-tuning budget per row: `--steps` optimizer steps of the preset's batch (64) over the DFDC train split, one
+cosine cycle. Measured on the whole DFDC val split (never trained on; it is the split the default model is
+selected on, so these are validation numbers, not a cross-dataset test), with a 95% cluster-bootstrap interval
+over the `group` column (a source video and its fakes).
+
+    python benchmarks/ablation.py --work runs/recipe-cpu --out runs/ablation2 [--steps 150]
+
+Resumable: finished runs are kept in OUT and reused. Prints a Markdown table and writes OUT/ablation.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import random
+import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+PRETRAININGS = {
+    # name -> changes to the cpu preset (None: no pretraining)
+    "none": None,
+    "MAE, random masking": {"mask": "random", "distill_weight": 0.0},
+    "CRFR-P": {"distill_weight": 0.0},
+    "CRFR-P + self-distillation": {},
+}
+BASE_PRETRAINING = "CRFR-P + self-distillation"
 ROWS = [
-    # (name, detector, pretrained, labelled fakes, sbi ratio)
-    ("no pretraining, vit, labelled", "vit", False, True, 0.0),
-    ("pretrained, vit, labelled", "vit", True, True, 0.0),
-    ("pretrained, vit, SBI only", "vit", True, False, 1.0),
-    ("pretrained, vit, labelled + SBI", "vit", True, True, 0.5),
-    ("pretrained, rffr (2x2 blocks), labelled", "rffr", True, True, 0.0),
-    ("pretrained, competitive, labelled", "competitive", True, True, 0.0),
+    # (axis, row name, pretraining, changes to the cpu preset's fine-tuning)
+    *[("pretraining", name, name, {}) for name in PRETRAININGS],
+    ("detector", "rffr (2x2 blocks)", BASE_PRETRAINING, {"detector": "rffr"}),
+    ("detector", "competitive", BASE_PRETRAINING, {"detector": "competitive"}),
+    ("training fakes", "labelled only", BASE_PRETRAINING, {"sbi_ratio": 0.0}),
+    ("training fakes", "SBI only", BASE_PRETRAINING, {"labelled_fakes": False, "sbi_ratio": 1.0}),
+    ("fine-tuning", "layer decay off (1.0)", BASE_PRETRAINING, {"layer_decay": 1.0}),
 ]
 
 
-def subset(manifest: Path, out: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
-    """A manifest with n_train train rows and n_val val rows drawn at random (paths made absolute)."""
-    with manifest.open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows, fields = list(reader), reader.fieldnames
-    rng = random.Random(seed)
-    train = [r for r in rows if r["split"] == "train"]
-    val = [r for r in rows if r["split"] == "val"]
-    chosen = rng.sample(train, min(n_train, len(train))) + rng.sample(val, min(n_val, len(val)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows({**r, "path": str((manifest.parent / r["path"]).absolute())} for r in chosen)
-    return out
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def pretraining_run(name: str, base, work: Path, out: Path, device: str):
+    """The pretraining run folder for `name` (trained here unless the recipe's own run matches), or None."""
+    from realface.recipe import pretrain_stage
+
+    changes = PRETRAININGS[name]
+    if changes is None:
+        return None
+    cfg = replace(base, **changes)
+    recipe_run = work / "pretrain"
+    config = recipe_run / "config.json"
+    if not changes and config.is_file():
+        model = json.loads(config.read_text())["model"]
+        if (model["mask"], model["distill_weight"], model["img_size"]) == (cfg.mask, cfg.distill_weight, cfg.img_size):
+            return recipe_run
+    run = out / f"pretrain-{slug(name)}"
+    faces = work / "faces"
+    pretrain_stage(cfg, [faces / "utkface", faces / "dfdc-train-real.csv"], run, device=device, progress=True)
+    return run
+
+
+def pretraining_speed(run: Path) -> tuple[int, float]:
+    """(images seen, mean images/s) of a pretraining run, from its log.csv."""
+    import csv
+
+    with (run / "log.csv").open(newline="") as f:
+        speeds = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+    batch = json.loads((run / "config.json").read_text())["train"]["batch_size"]
+    return len(speeds) * batch, float(np.mean(speeds))
+
+
+def measure(run: Path, competitive: bool, workers: int) -> dict:
+    """Val metrics of a finished fine-tuning run, with cluster-bootstrap intervals (and the one-branch export's)."""
+    from realface.eval.metrics import average_precision, bootstrap_ci, eer, roc_auc
+    from realface.eval.report import read_scores_csv
+    from realface.train.finetune import VAL_SCORES
+
+    rows = read_scores_csv(run / VAL_SCORES)
+    y = np.array([r.label for r in rows])
+    s = np.array([r.score for r in rows])
+    groups = np.array([r.group or r.path for r in rows])
+    result = {
+        "auc": roc_auc(y, s),
+        "auc_ci": bootstrap_ci(roc_auc, y, s, groups, n=500),
+        "eer": eer(y, s)[0],
+        "ap": average_precision(y, s),
+    }
+    if competitive:
+        result["auc_exported"] = roc_auc(y, exported_scores(run, [r.path for r in rows], workers))
+    return result
+
+
+def exported_scores(run: Path, paths: list[str], workers: int) -> np.ndarray:
+    """p(fake) of the one-branch export (branch chosen on 256 of the val faces) for the val faces, in order."""
+    import tempfile
+
+    import torch
+
+    from realface.bundle import export_bundle, load_bundle
+    from realface.data.labelled import DetectionFaces, build_items
+    from realface.faces.manifest import read_face_manifest
+    from realface.train.finetune import score_dataset, split_records
+
+    bundle = load_bundle(run)
+    config = json.loads((run / "config.json").read_text())
+    _, val = split_records([r for p in config["data"] for r in read_face_manifest(Path(p))])
+    val_set = DetectionFaces(build_items(val), bundle.pre)
+    if [str(it.record.path) for it in val_set.items] != paths:
+        raise SystemExit(f"{run}: val faces differ from {run}/val_scores.csv")
+    calibration = torch.stack([val_set[i]["image"] for i in range(0, len(val_set), max(1, len(val_set) // 256))])
+    with tempfile.TemporaryDirectory() as tmp:
+        shipped = load_bundle(export_bundle(bundle, Path(tmp), calibration=calibration))
+        probs, _ = score_dataset(shipped.detector, val_set, 64, workers)
+    return probs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--faces", type=Path, required=True, help="preprocessed DFDC manifest (with split)")
-    parser.add_argument("--pretrained", type=Path, required=True, help="a realface pretrain run")
+    parser.add_argument("--work", type=Path, required=True, help="the work folder of `realface recipe cpu`")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--train", type=int, default=2000)
-    parser.add_argument("--val", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per row (batch 32)")
-    parser.add_argument("--crop-size", type=int, default=112)
+    parser.add_argument("--steps", type=int, default=150, help="fine-tuning optimizer steps per row")
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from realface.cli import main as cli
+    from realface.recipe import PRESETS, finetune_stage
+    from realface.train.finetune import VAL_SCORES
 
-    data = subset(args.faces, args.out / "subset.csv", args.train, args.val)
-    steps_per_epoch = max(1, args.train // 32)
-    epochs = max(1, -(-args.steps // steps_per_epoch))
+    base = replace(PRESETS["cpu"], finetune_epochs=1, max_steps_per_epoch=args.steps)
+    dfdc = args.work / "faces" / "dfdc" / "manifest.csv"
+    if not dfdc.is_file():
+        raise SystemExit(f"{dfdc} not found: run `realface recipe cpu --work {args.work}` (its preprocess stage) first")
+    args.out.mkdir(parents=True, exist_ok=True)
+    pretrained = {name: pretraining_run(name, base, args.work, args.out, args.device) for name in PRETRAININGS}
     results = []
-    for name, detector, pretrained, labelled, sbi in ROWS:
-        run = args.out / name.replace(", ", "_").replace(" ", "-").replace("(", "").replace(")", "").replace("+", "and")
-        cmd = ["finetune", "--data", str(data), "--out", str(run), "--detector", detector, "--epochs", str(epochs),
-               "--batch-size", "32", "--max-steps-per-epoch", str(min(steps_per_epoch, args.steps)),
-               "--crop-size", str(args.crop_size), "--img-size", "112", "--rffr-blocks", "2", "--no-progress"]  # fmt: skip
-        if pretrained:
-            cmd += ["--pretrained", str(args.pretrained)]
-        if sbi:
-            cmd += ["--pseudo-fakes", "sbi", "--sbi-ratio", str(sbi)]
-        if not labelled:
-            cmd += ["--no-labelled-fakes"]
-        if not (run / "decision.json").exists():
+    for axis, name, pretraining, changes in ROWS:
+        cfg = replace(base, **changes)
+        run = args.out / f"finetune-{slug(pretraining)}-{slug(name) if changes else 'base'}"
+        if not (run / VAL_SCORES).is_file():
+            print(f"== {axis}: {name}", flush=True)
             start = time.perf_counter()
-            if cli(cmd) != 0:
-                raise SystemExit(f"row {name!r} failed")
+            finetune_stage(cfg, [dfdc], run, pretrained[pretraining], device=args.device, progress=True)
             (run / "wall_s.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
-        val = json.loads((run / "decision.json").read_text())["val"]
-        wall = (run / "wall_s.txt").read_text().strip()
-        results.append((name, val["auc"], val["eer"], val["ap"], wall))
-    print(f"{args.train} train faces, {args.val} val faces, {args.steps} steps of 32 per row\n")
-    print("| row | DFDC val AUC | EER | AP | wall s |\n|---|---|---|---|---|")
-    for name, auc, eer_, ap, wall in results:
-        print(f"| {name} | {auc:.3f} | {eer_:.3f} | {ap:.3f} | {wall} |")
+        row = {"axis": axis, "row": name, "pretraining": pretraining, "run": str(run), **changes,
+               "wall_s": int((run / "wall_s.txt").read_text()), **measure(run, cfg.detector == "competitive", cfg.workers)}  # fmt: skip
+        results.append(row)
+        (args.out / "ablation.json").write_text(json.dumps(results, indent=2, default=float))
+
+    print(f"\nDFDC val split, {args.steps} fine-tuning steps of {base.finetune_batch} faces per row\n")
+    print("| axis | row | pretraining | DFDC val AUC [95% CI] | EER | AP | fine-tune wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        lo, hi = r["auc_ci"]
+        auc = f"{r['auc']:.3f} [{lo:.3f}, {hi:.3f}]"
+        if "auc_exported" in r:
+            auc += f"; one-branch export {r['auc_exported']:.3f}"
+        print(f"| {r['axis']} | {r['row']} | {r['pretraining']} | {auc} | {r['eer']:.3f} | {r['ap']:.3f} | {r['wall_s']} |")
+    print("\n| pretraining | images seen | images/s (2 cores) |\n|---|---|---|")
+    for name, run in pretrained.items():
+        if run is not None:
+            seen, speed = pretraining_speed(run)
+            print(f"| {name} | {seen} | {speed:.0f} |")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,16 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 
-from realface.bundle import load_bundle
+from realface.bundle import export_bundle, load_bundle
 from realface.cli import main
+from realface.data.labelled import DetectionFaces, build_items
+from realface.eval.metrics import roc_auc
+from realface.eval.report import read_scores_csv
+from realface.faces.manifest import read_face_manifest
 from realface.train import checkpoint as ckpt
+from realface.train.finetune import VAL_SCORES
 
 FAST = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--max-steps-per-epoch", "2"]
 
@@ -47,6 +53,11 @@ def test_live_vs_spoof_beats_chance_on_its_val_split(antispoof, tmp_path):
     assert meta["best_value"] > 0.75
     decision = ckpt.read_json(run / "decision.json")
     assert decision["val"]["n"] == 37 and 0.0 < decision["threshold"]["value"] < 1.0
+    # every val face's score of the selected checkpoint, in a scores CSV that reproduces the stored AUC
+    scores = read_scores_csv(run / VAL_SCORES)
+    val_paths = [r["path"] for r in csv.DictReader(antispoof.open()) if r["split"] == "val"]
+    assert sorted(Path(r.path).name for r in scores) == sorted(Path(p).name for p in val_paths)
+    assert roc_auc([r.label for r in scores], [r.score for r in scores]) == pytest.approx(decision["val"]["auc"])
     bundle = load_bundle(run)
     assert bundle.decision.threshold == decision["threshold"]["value"] and bundle.pre.crop_size == 64
 
@@ -86,3 +97,13 @@ def test_detectors_from_a_pretraining_run(detector, pretrain_run, antispoof, tmp
     assert bundle.config.name == detector
     exported = bundle.detector.export()
     assert exported.config.name == ("vit" if detector == "competitive" else "rffr")
+    if detector == "competitive":  # export_bundle keeps the branch less uncertain on the calibration faces
+        val = read_scores_csv(run / VAL_SCORES)
+        faces = DetectionFaces(build_items(read_face_manifest(antispoof)[:8]), bundle.pre)
+        calibration = torch.stack([faces[i]["image"] for i in range(len(faces))])
+        shipped = load_bundle(export_bundle(bundle, tmp_path / "export", calibration=calibration, fp16=False))
+        chosen = bundle.detector.choose_branch(calibration)
+        with torch.no_grad():
+            full = bundle.detector(calibration).extras[f"logits_b{chosen + 1}"]
+            torch.testing.assert_close(shipped.detector(calibration).logits, full)
+        assert len(val) == decision["val"]["n"] and all(r.confidence is not None for r in val)

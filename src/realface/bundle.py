@@ -135,13 +135,21 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
 
 
 def export_bundle(
-    bundle: Bundle, out: Path, *, decision: Decision | None = None, card: dict[str, Any] | None = None, fp16: bool = True
+    bundle: Bundle,
+    out: Path,
+    *,
+    decision: Decision | None = None,
+    card: dict[str, Any] | None = None,
+    fp16: bool = True,
+    calibration: torch.Tensor | None = None,
 ) -> Path:
     """Write `bundle`'s detector (its lighter `export()` form) as a self-contained folder; returns `out`.
 
-    When export changes the model (competitive keeps one branch), pass the `decision` refitted for it.
+    calibration: (N, 3, S, S) preprocessed faces from which a model that can drop parts chooses what to keep
+    (competitive keeps the branch less uncertain on them). When export changes the model, pass the `decision`
+    refitted for it.
     """
-    exported = bundle.detector.export()
+    exported = bundle.detector.export(calibration)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.save_weights(out / ckpt.WEIGHTS, exported.state_dict(), dtype=torch.float16 if fp16 else None)

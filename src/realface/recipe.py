@@ -45,6 +45,8 @@ class RecipeConfig:
     pretrain_batch: int = 128
     pretrain_blr: float = 1.5e-4
     detector: str = "vit"  # vit, rffr or competitive
+    layer_decay: float = 0.75  # fine-tuning layer-wise lr decay (1 = off)
+    rffr_blocks: int = 2  # (rffr) k*k blocks tile the patch grid; 2 keeps a 7x7 grid's step 4x cheaper than 4
     finetune_epochs: int = 4
     finetune_batch: int = 64
     finetune_blr: float = 5e-4
@@ -124,6 +126,46 @@ def measure_ffpp(bundle, shared: Path, frames: int) -> list[dict[str, Any]]:
     return rows
 
 
+def pretrain_stage(cfg: RecipeConfig, data: list[Path], run: Path, *, device: str = "auto", progress: bool = True) -> None:
+    """Pretrain on the real faces `data` into `run` with the recipe's settings; resumes, and skips a finished run."""
+    from realface.models.pretrainer import ModelConfig
+    from realface.train.engine import TrainConfig
+    from realface.train.pretrain import pretrain
+
+    if _stage_done(run, cfg.pretrain_epochs):
+        return
+    pretrain(
+        data, run,
+        model_cfg=ModelConfig(encoder=cfg.encoder, img_size=cfg.img_size, mask=cfg.mask, distill_weight=cfg.distill_weight,
+                              decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, decoder_heads=4),
+        train_cfg=TrainConfig(epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch, base_lr=cfg.pretrain_blr,
+                              warmup_epochs=min(1.0, cfg.pretrain_epochs / 10), workers=cfg.workers, seed=0),
+        resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
+    )  # fmt: skip
+
+
+def finetune_stage(
+    cfg: RecipeConfig, data: list[Path], run: Path, pretrained: Path | None, *, device: str = "auto", progress: bool = True
+) -> None:
+    """Fine-tune a detector on the labelled manifests `data` (val = their split=val rows) from the pretraining run
+    `pretrained` (None: random init) with the recipe's settings; resumes, and skips a finished run."""
+    from realface.models.detectors import DetectorConfig
+    from realface.train.engine import TrainConfig
+    from realface.train.finetune import finetune
+
+    if _stage_done(run, cfg.finetune_epochs):
+        return
+    finetune(
+        data, run,
+        detector_cfg=DetectorConfig(name=cfg.detector, encoder=cfg.encoder, img_size=cfg.img_size,
+                                    layer_decay=cfg.layer_decay, rffr_blocks=cfg.rffr_blocks),
+        train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
+                              warmup_epochs=min(1.0, cfg.finetune_epochs / 5), workers=cfg.workers, seed=0),
+        pretrained=pretrained, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, crop_size=cfg.crop_size,
+        resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
+    )  # fmt: skip
+
+
 def run_recipe(
     shared: Path,
     work: Path,
@@ -141,11 +183,9 @@ def run_recipe(
     from realface.faces.manifest import read_face_manifest
     from realface.faces.pipeline import PipelineConfig
     from realface.faces.preprocess import preprocess
-    from realface.models.detectors import DetectorConfig
-    from realface.models.pretrainer import ModelConfig
-    from realface.train.engine import TrainConfig
-    from realface.train.finetune import fit_decision, finetune, score_dataset
-    from realface.train.pretrain import pretrain
+    import torch
+
+    from realface.train.finetune import fit_decision, score_dataset
 
     shared, work = Path(shared), Path(work)
     for need in ("dfdc/manifest.csv", "utkface/manifest.csv", "ffpp-videos/manifest.csv"):
@@ -179,39 +219,21 @@ def run_recipe(
         dfdc = faces / "dfdc" / "manifest.csv"
         reals = _write_reals_manifest(dfdc, faces / "dfdc-train-real.csv")
 
-    train_common = dict(workers=cfg.workers, seed=0)
     pre_run = work / "pretrain"
     with stage("pretrain"):
-        if not _stage_done(pre_run, cfg.pretrain_epochs):
-            pretrain(
-                [faces / "utkface", reals], pre_run,
-                model_cfg=ModelConfig(encoder=cfg.encoder, img_size=cfg.img_size, mask=cfg.mask, distill_weight=cfg.distill_weight,
-                                      decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth, decoder_heads=4),
-                train_cfg=TrainConfig(epochs=cfg.pretrain_epochs, batch_size=cfg.pretrain_batch, base_lr=cfg.pretrain_blr,
-                                      warmup_epochs=min(1.0, cfg.pretrain_epochs / 10), **train_common),
-                resume=(pre_run / "last").exists(), device=device, progress=progress,
-                max_steps_per_epoch=cfg.max_steps_per_epoch,
-            )  # fmt: skip
+        pretrain_stage(cfg, [faces / "utkface", reals], pre_run, device=device, progress=progress)
 
     ft_run = work / "finetune"
     with stage("finetune"):
-        if not _stage_done(ft_run, cfg.finetune_epochs):
-            finetune(
-                [dfdc], ft_run,
-                detector_cfg=DetectorConfig(name=cfg.detector, encoder=cfg.encoder, img_size=cfg.img_size),
-                train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
-                                      warmup_epochs=min(1.0, cfg.finetune_epochs / 5), **train_common),
-                pretrained=pre_run, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio,
-                crop_size=cfg.crop_size, resume=(ft_run / "last").exists(), device=device, progress=progress,
-                max_steps_per_epoch=cfg.max_steps_per_epoch,
-            )  # fmt: skip
+        finetune_stage(cfg, [dfdc], ft_run, pre_run, device=device, progress=progress)
 
     with stage("export and measure", accumulate=False):
         bundle = load_bundle(ft_run)
-        export_bundle(bundle, export_to, card={})
-        shipped = load_bundle(export_to)  # measure exactly what ships (fp16, one branch)
         val_records = [r for r in read_face_manifest(dfdc) if r.extra.get("split") == "val"]
-        val_set = DetectionFaces(build_items(val_records), shipped.pre)
+        val_set = DetectionFaces(build_items(val_records), bundle.pre)
+        calibration = torch.stack([val_set[i]["image"] for i in range(0, len(val_set), max(1, len(val_set) // 256))])
+        export_bundle(bundle, export_to, card={}, calibration=calibration)
+        shipped = load_bundle(export_to)  # measure exactly what ships (fp16, one branch)
         probs, unc = score_dataset(shipped.detector, val_set, 64, cfg.workers)
         decision = Decision.from_json(fit_decision(val_set.labels(), probs, unc))
         shipped = replace(shipped, decision=decision)

@@ -3,7 +3,8 @@
 Composes the shared pieces: labelled faces and SBI pseudo-fakes (`data.labelled`), the detectors
 (`models.detectors`), the loop (`train.engine`). The best epoch is chosen on validation AUC of data from the
 training distribution (never a test set); on that checkpoint the decision threshold and confidence band are
-fitted on the same validation set and stored in RUN/decision.json, which `realface detect` uses.
+fitted on the same validation set and stored in RUN/decision.json, which `realface detect` uses; every
+validation face's score goes to RUN/val_scores.csv (`eval.report` format) for any later analysis.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from realface.data.faceset import Preprocessing
 from realface.data.labelled import DetectionFaces, build_items
 from realface.errors import RealfaceError
 from realface.eval.metrics import roc_auc
+from realface.eval.report import FaceScore, write_scores_csv
 from realface.models.detectors import DetectorConfig, build_detector
 from realface.predict import score_batches
 from realface.train import checkpoint as ckpt
@@ -30,6 +32,7 @@ from realface.train.pretrain import load_face_records
 from realface.train.schedule import param_groups
 
 # Detector settings that a pretraining run fixes (see DetectorConfig.for_pretrainer).
+VAL_SCORES = "val_scores.csv"  # the selected checkpoint's score of every validation face
 INHERITED = ("name", "encoder", "img_size", "mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix")
 
 
@@ -75,6 +78,21 @@ class FinetuneTask:
             return {}
         probs, _ = self.validation_scores(model)
         return {"val_auc": roc_auc(self.val_set.labels(), probs)}
+
+
+def val_face_scores(val_set: DetectionFaces, probs: np.ndarray, uncertainty: np.ndarray | None) -> list[FaceScore]:
+    """One `FaceScore` per validation item; confidence 1 - u where the detector reports an uncertainty."""
+    rows = []
+    for i, item in enumerate(val_set.items):
+        rec = item.record
+        path = f"{rec.path}#{rec.offset}" if rec.offset >= 0 else str(rec.path)  # a face inside a tar shard
+        rows.append(FaceScore(
+            dataset="val", path=path, source=rec.source, frame=rec.frame, face=int(rec.extra.get("face") or 0),
+            video=rec.source if rec.frame >= 0 else "", group=rec.extra.get("group") or "", label=item.label,
+            score=float(probs[i]),
+            confidence=None if uncertainty is None else float(np.clip(1.0 - uncertainty[i], 0.0, 1.0)),
+        ))  # fmt: skip
+    return rows
 
 
 def fit_decision(labels: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray | None, policy: str = "eer") -> dict:
@@ -221,6 +239,7 @@ def finetune(
             detector.load_state_dict(ckpt.load_weights(out / "best" / ckpt.WEIGHTS))
             probs, unc = task.validation_scores(detector)
             ckpt.write_json(out / ckpt.DECISION, fit_decision(val_set.labels(), probs, unc, threshold_policy))
+            write_scores_csv(val_face_scores(val_set, probs, unc), out / VAL_SCORES)
         return history
     finally:
         shutdown_distributed()
