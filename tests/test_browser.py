@@ -175,3 +175,11 @@ def test_page_shows_api_errors(browser: Browser, site: str, tmp_path: Path) -> N
     browser.upload("#file", bad)
     shown = browser.wait(RESULT)
     assert shown["error"].startswith("Cannot use this file: not a readable image"), shown
+
+
+def test_api_docs_render_offline(browser: Browser, site: str) -> None:
+    """Swagger UI draws the API from /openapi.json with the packaged scripts (the browser has no internet)."""
+    browser.open(site + "/docs")
+    paths = browser.wait("const p = [...document.querySelectorAll('.opblock-summary-path')]; "
+                         "return p.length && p.map(e => e.textContent.trim());")
+    assert {"/v1/detect", "/v1/model", "/healthz"} <= set(paths)

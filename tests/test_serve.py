@@ -171,7 +171,12 @@ def test_health_model_openapi_and_page(client: TestClient, tiny_model: Path) -> 
     body = schema["paths"]["/v1/detect"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["file"]
     assert {"/healthz", "/v1/model"} <= set(schema["paths"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # the Swagger page, its scripts served from the package (works offline)
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
+    for page, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        assert f"/docs-assets/{script}" in client.get(page).text
+        served = client.get(f"/docs-assets/{script}")
+        assert served.status_code == 200 and len(served.content) > 100_000
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for element in ('id="verdict"', 'id="pfake"', 'id="file"', 'id="plot"', "/v1/detect?heatmap=true", "/v1/model"):

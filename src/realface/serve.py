@@ -6,7 +6,8 @@ Endpoints:
 - `GET /v1/model`: what `Bundle.info()` says (model card, threshold, band), without server paths, plus the
   service's limits.
 - `POST /v1/detect`: one image or video as the multipart field `file`; `?heatmap=true` adds heatmaps.
-- `GET /openapi.json`, `GET /docs`: FastAPI's schema and its Swagger page.
+- `GET /openapi.json`, `GET /docs`: FastAPI's schema and its Swagger page, whose scripts and styles come from
+  the `fastapi-offline` package (under `/docs-assets`), so the page works offline; `GET /redoc` likewise.
 
 `/v1/detect` answers what `realface detect --json` prints for one file, with `result` for `results`:
 `{"model": {...}, "result": FileResult.to_dict()}`, with three changes so no server path leaks out:
@@ -46,7 +47,9 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from realface.bundle import Bundle
@@ -58,6 +61,7 @@ MIB = 1 << 20
 MULTIPART_OVERHEAD = 64 * 1024  # bytes of multipart framing and small fields allowed beyond the file itself
 SAFE_NAME_LENGTH = 120  # longest client file name echoed back, in characters
 RAW_NAME = "upload.bin"  # the server's name for an upload until its type is known
+DOCS_ASSETS = "/docs-assets"  # the packaged Swagger UI and ReDoc files behind /docs and /redoc
 
 
 @dataclass(frozen=True)
@@ -458,8 +462,25 @@ def create_app(bundle: Bundle, *, limits: ServeLimits | None = None, frames: int
         title="realface",
         version=__version__,
         description="Is this face real or forged? Upload an image or a video to `/v1/detect`.",
+        docs_url=None,  # both pages are served below from packaged files: FastAPI's defaults load them from a CDN
+        redoc_url=None,
     )
     app.state.service = service
+    app.mount(DOCS_ASSETS, StaticFiles(directory=resources.files("fastapi_offline") / "static"), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title="realface API", swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )  # fmt: skip
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url, title="realface API", redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False,
+        )  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
