@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import av
@@ -12,7 +13,7 @@ from skimage import data
 from realface.errors import InputError, RealfaceError
 from realface.faces.align import five_points, template_points
 from realface.faces.detect import DETECTORS, make_detector
-from realface.faces.media import probe_video, read_frames, read_image, sample_indices
+from realface.faces.media import prefetch, probe_video, read_frames, read_image, sample_frames, sample_indices
 from realface.faces.pipeline import ASSUMED_SCORE, FacePipeline, PipelineConfig, no_face_message
 
 UTKFACE = ["images/100_0_0_20170112213500903.jpg", "images/32_1_0_20170117134801098.jpg", "images/58_0_3_20170119211539872.jpg"]
@@ -103,6 +104,48 @@ def test_read_frames_match_sequential_decoding(shared_data: Path) -> None:
                 np.testing.assert_array_equal(got[index], frame.to_ndarray(format="rgb24"))
             if index >= 251:
                 break
+
+
+def test_sampled_frames_decode_ahead_and_match_direct_decoding(shared_data: Path) -> None:
+    path = shared_data / "ffpp-videos" / "Deepfakes" / "519_515.mp4"
+    indices, frames = sample_frames(path, 6)  # decoded ahead in a thread, with FFmpeg's own threads
+    ahead = list(frames)
+    assert [i for i, _ in ahead] == indices
+    for (i, frame), (j, direct) in zip(ahead, read_frames(path, indices), strict=True):
+        assert i == j
+        np.testing.assert_array_equal(frame, direct)
+
+
+def test_prefetch_keeps_order_raises_in_place_and_stops_early() -> None:
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise InputError("broken at 3")
+
+    got = []
+    with pytest.raises(InputError, match="broken at 3"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1, 2]
+
+    closed = []
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.append(threading.current_thread().name)
+
+    stream = prefetch(endless(), depth=2)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()  # stops the producer thread, which closes the generator it runs
+    assert closed == ["realface-prefetch"]
+    assert not any(t.name == "realface-prefetch" for t in threading.enumerate())
 
 
 def test_bad_inputs_raise_one_line(tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ order (frame 0 is the first frame shown).
 from __future__ import annotations
 
 import csv
+import queue
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,6 +27,9 @@ MEDIA_SUFFIXES: frozenset[str] = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 IMAGE_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB"})
 # Larger images are refused rather than risking the machine's memory (3 bytes a pixel once decoded).
 MAX_IMAGE_PIXELS = 200_000_000
+# How FFmpeg threads its decoding ("AUTO": frame and slice threads, one per core, outside the GIL; "NONE").
+DECODE_THREADS = "AUTO"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,7 @@ def read_frames(path: Path, indices: list[int], info: VideoInfo | None = None) -
     container = _open(path)
     try:
         stream = container.streams.video[0]
+        stream.thread_type = DECODE_THREADS
         ctx = stream.codec_context
         if info.pts is None:
             yield from _decode_sequential(container, stream, wanted)
@@ -310,10 +317,61 @@ def _decode_sequential(container, stream, wanted: list[int]) -> Iterator[tuple[i
 def sample_frames(path: Path, n: int) -> tuple[list[int], Iterator[tuple[int, np.ndarray]]]:
     """Indices of `n` frames spread uniformly over the video, and an iterator over those decoded.
 
-    Raises InputError when the file is not a video or has no frames.
+    The frames are decoded ahead in a background thread (see `prefetch`), so decoding overlaps with whatever
+    the caller does with each frame. Raises InputError when the file is not a video or has no frames.
     """
     info = probe_video(path)
     if info.count == 0:
         raise InputError("video has no frames")
     indices = sample_indices(info.count, n)
-    return indices, read_frames(path, indices, info)
+    return indices, prefetch(read_frames(path, indices, info))
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """Yield what `items` yields, produced up to `depth` items ahead in a background thread.
+
+    Worth it when producing releases the GIL (FFmpeg decoding does), so it runs while the consumer works.
+    An exception raised by `items` is raised here, in order; closing this iterator early stops the thread
+    and closes `items` (from that thread, the one running it).
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as err:  # handed to the consumer, which raises it
+            put((_DONE, err))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="realface-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = buffer.get()
+            if err is not None:
+                raise err
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
