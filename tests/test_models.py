@@ -14,7 +14,7 @@ from realface.errors import RealfaceError
 from realface.models.distill import SelfDistillation, momentum_schedule
 from realface.models.masking import sample_masks
 from realface.models.pretrainer import ModelConfig, Pretrainer, build_pretrainer
-from realface.models.vit import ENCODERS, build_encoder, load_init, sincos_pos_embed_2d
+from realface.models.vit import ENCODERS, build_encoder, load_init, sincos_pos_embed_2d, weights_to_be_loaded
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))
@@ -51,6 +51,23 @@ def test_forward_visible_equals_timm_blocks_on_the_gathered_tokens() -> None:
     gathered = torch.cat([tokens[:, :1], torch.stack([tokens[i, 1 + keep_idx[i]] for i in range(2)])], dim=1)
     reference = encoder.norm(encoder.blocks(gathered))
     torch.testing.assert_close(encoder.forward_visible(x, keep_idx), reference)
+
+
+def test_encoders_built_for_loading_skip_the_random_init_only_inside_the_context() -> None:
+    def fc1_std(encoder) -> float:
+        return float(encoder.blocks[0].mlp.fc1.weight.detach().std())
+
+    torch.manual_seed(0)
+    trained = build_encoder("vit_tiny_patch16", img_size=32)
+    assert 0.015 < fc1_std(trained) < 0.025  # timm's truncated normal, std 0.02
+    with weights_to_be_loaded():
+        loaded = build_encoder("vit_tiny_patch16", img_size=32)
+    assert not 0.015 < fc1_std(loaded) < 0.025  # PyTorch's default init: timm's was skipped
+    loaded.load_state_dict(trained.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval().forward_features(x), trained.eval().forward_features(x))
+    assert 0.015 < fc1_std(build_encoder("vit_tiny_patch16", img_size=32)) < 0.025  # outside: initialised again
 
 
 def test_build_encoder_rejects_unknown_names_and_sizes() -> None:

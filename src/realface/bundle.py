@@ -22,6 +22,7 @@ import torch
 from realface.data.faceset import Preprocessing
 from realface.errors import RealfaceError
 from realface.models.detectors import Detector, DetectorConfig, build_detector
+from realface.models.vit import weights_to_be_loaded
 from realface.train import checkpoint as ckpt
 
 
@@ -99,7 +100,8 @@ class Bundle:
 
 
 def _build(config: DetectorConfig, weights: Path, device: torch.device) -> Detector:
-    detector = build_detector(config, None)
+    with weights_to_be_loaded():  # every weight is overwritten below: skip the random init
+        detector = build_detector(config, None)
     try:
         detector.load_state_dict(ckpt.load_weights(weights), strict=True)
     except RuntimeError as err:

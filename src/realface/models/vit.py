@@ -7,7 +7,10 @@ Attention is timm's fused `F.scaled_dot_product_attention`.
 
 from __future__ import annotations
 
+import contextvars
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +58,20 @@ def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     return torch.cat([embed_1d(rows.reshape(-1)), embed_1d(cols.reshape(-1))], dim=1).float()
 
 
+_SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("realface_skip_init", default=False)
+
+
+@contextmanager
+def weights_to_be_loaded() -> Iterator[None]:
+    """Encoders built inside skip timm's random weight init (truncated normals over every weight: about a second
+    of a CPU's start-up for a ViT-S), for a model whose weights are loaded right after."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
 class ViTEncoder(VisionTransformer):
     """timm ViT with a CLS token and learned position embedding, without a classifier head.
 
@@ -71,6 +88,7 @@ class ViTEncoder(VisionTransformer):
             mlp_ratio=spec.mlp_ratio,
             num_classes=0,
             drop_path_rate=drop_path,
+            **({"weight_init": "skip"} if _SKIP_INIT.get() else {}),
             **kw,
         )
         if self.num_prefix_tokens != 1 or self.no_embed_class or self.dynamic_img_size or self.pos_embed is None:
