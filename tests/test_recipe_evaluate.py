@@ -33,6 +33,19 @@ def test_recipe_exports_weights_with_a_model_card(tiny_recipe):
     assert "FF++ sample videos" in (tiny_recipe / "MODEL_CARD.md").read_text()
 
 
+def test_recipe_refuses_to_reuse_a_stage_made_with_other_settings(tiny_recipe, shared_data):
+    from dataclasses import replace
+
+    from realface.errors import RealfaceError
+    from realface.recipe import PRESETS, run_recipe
+
+    work = tiny_recipe.parent / "work"
+    changed = replace(PRESETS["tiny"], layer_decay=0.9)  # pretraining unchanged (reused), fine-tuning not
+    with pytest.raises(RealfaceError, match=r"finetune was made with other recipe settings \(layer_decay differ"):
+        run_recipe(shared_data, work, changed, export_to=tiny_recipe.parent / "other", progress=False)
+    assert not (tiny_recipe.parent / "other").exists()
+
+
 def test_detect_uses_the_recipe_weights(tiny_recipe, shared_data, capsys):
     video = shared_data / "ffpp-videos" / "FaceSwap" / "634_660.mp4"
     assert main(["detect", str(video), "--model", str(tiny_recipe), "--frames", "2", "--json", "--no-progress"]) == 0

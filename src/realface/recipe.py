@@ -76,9 +76,34 @@ PRESETS: dict[str, RecipeConfig] = {
 }  # fmt: skip
 
 
-def _stage_done(run: Path, epochs: int) -> bool:
+PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "distill_weight", "decoder_dim", "decoder_depth", "pretrain_epochs",
+                     "pretrain_batch", "pretrain_blr", "max_steps_per_epoch")
+FINETUNE_SETTINGS = ("detector", "layer_decay", "rffr_blocks", "finetune_epochs", "finetune_batch", "finetune_blr",
+                     "sbi_ratio", "labelled_fakes", "crop_size", "max_steps_per_epoch")
+STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
+
+
+def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
+    """Whether the run in `run` has finished `epochs`; refuses a run made with other recipe settings, which
+    would otherwise be resumed or reused as if it were this one."""
+    record = run / STAGE_FILE
+    if record.is_file():
+        before = json.loads(record.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise RealfaceError(
+                f"{run} was made with other recipe settings ({', '.join(changed)} differ): "
+                "remove it, or give the recipe another --work folder"
+            )
+    # (a run from before settings were recorded is taken as made with these)
+    run.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=2, default=str))
     meta = run / "last" / "meta.json"
     return meta.is_file() and json.loads(meta.read_text())["epoch"] >= epochs - 1
+
+
+def _settings(cfg: RecipeConfig, names: tuple[str, ...], **more: Any) -> dict[str, Any]:
+    return {**{k: getattr(cfg, k) for k in names}, **{k: str(v) if isinstance(v, Path) else v for k, v in more.items()}}
 
 
 def _write_reals_manifest(manifest: Path, out: Path, split: str = "train") -> Path:
@@ -132,7 +157,7 @@ def pretrain_stage(cfg: RecipeConfig, data: list[Path], run: Path, *, device: st
     from realface.train.engine import TrainConfig
     from realface.train.pretrain import pretrain
 
-    if _stage_done(run, cfg.pretrain_epochs):
+    if _stage_done(run, cfg.pretrain_epochs, _settings(cfg, PRETRAIN_SETTINGS, data=[str(d) for d in data])):
         return
     pretrain(
         data, run,
@@ -153,7 +178,7 @@ def finetune_stage(
     from realface.train.engine import TrainConfig
     from realface.train.finetune import finetune
 
-    if _stage_done(run, cfg.finetune_epochs):
+    if _stage_done(run, cfg.finetune_epochs, _settings(cfg, FINETUNE_SETTINGS, data=[str(d) for d in data], pretrained=pretrained)):
         return
     finetune(
         data, run,
