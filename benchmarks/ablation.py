@@ -148,7 +148,7 @@ def main() -> None:
     pretrained = {name: pretraining_run(name, base, args.work, args.out, args.device) for name in PRETRAININGS}
     results = []
     for axis, name, pretraining, changes in ROWS:
-        cfg = replace(base, **changes)
+        cfg = replace(base, **(PRETRAININGS[pretraining] or {}), **changes)
         run = args.out / f"finetune-{slug(pretraining)}-{slug(name) if changes else 'base'}"
         if not (run / VAL_SCORES).is_file():
             print(f"== {axis}: {name}", flush=True)

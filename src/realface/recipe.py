@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-
 from realface.errors import RealfaceError
 
 
@@ -178,7 +177,9 @@ def finetune_stage(
     from realface.train.engine import TrainConfig
     from realface.train.finetune import finetune
 
-    if _stage_done(run, cfg.finetune_epochs, _settings(cfg, FINETUNE_SETTINGS, data=[str(d) for d in data], pretrained=pretrained)):
+    # A fine-tuning run depends on its pretraining too: a run remade with other settings must not be reused.
+    names = FINETUNE_SETTINGS + (PRETRAIN_SETTINGS if pretrained is not None else ("encoder", "img_size"))
+    if _stage_done(run, cfg.finetune_epochs, _settings(cfg, names, data=[str(d) for d in data], pretrained=pretrained)):
         return
     finetune(
         data, run,
@@ -202,14 +203,14 @@ def run_recipe(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the whole chain in `work` and export the model to `export_to`; returns the model card."""
-    from realface.bundle import load_bundle, export_bundle, Decision
+    import torch
+
+    from realface.bundle import Decision, export_bundle, load_bundle
     from realface.data.faceset import Preprocessing
     from realface.data.labelled import DetectionFaces, build_items
     from realface.faces.manifest import read_face_manifest
     from realface.faces.pipeline import PipelineConfig
     from realface.faces.preprocess import preprocess
-    import torch
-
     from realface.train.finetune import fit_decision, score_dataset
 
     shared, work = Path(shared), Path(work)
