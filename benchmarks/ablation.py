@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning optimizer steps per row")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rows", nargs="*", default=None, help="run only these rows (names as in the table)")
     args = parser.parse_args()
 
     from realface.recipe import PRESETS, finetune_stage
@@ -145,9 +146,14 @@ def main() -> None:
     if not dfdc.is_file():
         raise SystemExit(f"{dfdc} not found: run `realface recipe cpu --work {args.work}` (its preprocess stage) first")
     args.out.mkdir(parents=True, exist_ok=True)
-    pretrained = {name: pretraining_run(name, base, args.work, args.out, args.device) for name in PRETRAININGS}
+    rows = [r for r in ROWS if args.rows is None or r[1] in args.rows]
+    if args.rows and len(rows) != len(args.rows):
+        raise SystemExit(f"unknown rows in {args.rows}; the rows are: {', '.join(r[1] for r in ROWS)}")
+    pretrained = {}  # pretraining name -> run folder (or None), made when a row first needs it
     results = []
-    for axis, name, pretraining, changes in ROWS:
+    for axis, name, pretraining, changes in rows:
+        if pretraining not in pretrained:
+            pretrained[pretraining] = pretraining_run(pretraining, base, args.work, args.out, args.device)
         cfg = replace(base, **(PRETRAININGS[pretraining] or {}), **changes)
         run = args.out / f"finetune-{slug(pretraining)}-{slug(name) if changes else 'base'}"
         if not (run / VAL_SCORES).is_file():
