@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning optimizer steps per row")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--rows", nargs="*", default=None, help="run only these rows (names as in the table)")
+    parser.add_argument("--rows", nargs="*", default=None, help="run only these rows, in this order (names as in the table)")
     args = parser.parse_args()
 
     from realface.recipe import PRESETS, finetune_stage
@@ -146,7 +146,8 @@ def main() -> None:
     if not dfdc.is_file():
         raise SystemExit(f"{dfdc} not found: run `realface recipe cpu --work {args.work}` (its preprocess stage) first")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in ROWS if args.rows is None or r[1] in args.rows]
+    by_name = {r[1]: r for r in ROWS}
+    rows = ROWS if args.rows is None else [by_name[n] for n in args.rows if n in by_name]  # in the order given
     if args.rows and len(rows) != len(args.rows):
         raise SystemExit(f"unknown rows in {args.rows}; the rows are: {', '.join(r[1] for r in ROWS)}")
     pretrained = {}  # pretraining name -> run folder (or None), made when a row first needs it
