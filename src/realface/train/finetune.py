@@ -31,8 +31,8 @@ from realface.train.engine import History, TrainConfig, fit, open_run
 from realface.train.pretrain import load_face_records
 from realface.train.schedule import param_groups
 
-# Detector settings that a pretraining run fixes (see DetectorConfig.for_pretrainer).
 VAL_SCORES = "val_scores.csv"  # the selected checkpoint's score of every validation face
+# Detector settings that a pretraining run fixes (see DetectorConfig.for_pretrainer).
 INHERITED = ("name", "encoder", "img_size", "mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix")
 
 
