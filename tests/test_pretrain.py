@@ -44,9 +44,19 @@ def test_resume_continues_exactly(utk_crops, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ["pretrain", "--data", str(utk_crops), *TINY]
     assert main([*args, "--out", str(straight), "--epochs", "3"]) == 0
-    assert main([*args, "--out", str(resumed), "--epochs", "1"]) == 0
-    assert main([*args, "--out", str(resumed), "--epochs", "3", "--resume"]) == 0
+    assert main([*args, "--out", str(resumed), "--epochs", "1", "--tensorboard"]) == 0
+    assert main([*args, "--out", str(resumed), "--epochs", "3", "--resume", "--tensorboard"]) == 0
     assert losses(resumed) == pytest.approx(losses(straight), rel=1e-6, abs=1e-7)
+    # TensorBoard holds the same per-step numbers as log.csv, across the resume, and one point per epoch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(resumed / "tensorboard"))
+    board.Reload()
+    steps = [(e.step, e.value) for e in board.Scalars("train/loss")]
+    assert [s for s, _ in steps] == [1, 2, 3, 4, 5, 6]
+    assert [v for _, v in steps] == pytest.approx(losses(resumed), rel=1e-6)
+    assert [e.step for e in board.Scalars("epoch/train_loss")] == [2, 4, 6]
+    assert {"train/lr", "train/images_per_s", "train/rec"} <= set(board.Tags()["scalars"])
     a = ckpt.load_weights(straight / "last" / "model.safetensors")
     b = ckpt.load_weights(resumed / "last" / "model.safetensors")
     assert all(float((a[k] - b[k]).abs().max()) < 1e-5 for k in a)

@@ -246,6 +246,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, epochs: int, batch: int,
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     g.add_argument("--limit", type=int, default=None, help="use at most this many faces")
     g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (quick runs)")
+    g.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard (pip install tensorboard)")
     g.add_argument("--no-progress", action="store_true")
 
 
@@ -264,6 +265,7 @@ def _train_config(args: argparse.Namespace):
         precision=args.precision,
         seed=args.seed,
         workers=args.workers,
+        tensorboard=args.tensorboard,
     )
 
 

@@ -45,6 +45,7 @@ class TrainConfig:
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto" (bf16 on a GPU that supports it)
     seed: int = 0  # seeds data order, masks, augmentations and init
     workers: int = 2  # DataLoader worker processes per training process (0 = load in the main process)
+    tensorboard: bool = False  # also log to RUN/tensorboard (needs the `tensorboard` package)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -102,12 +103,14 @@ def open_run(out: Path, resume: bool, train_cfg: TrainConfig) -> tuple[dict[str,
     """Start or continue a run folder.
 
     resume: (the run's saved config.json, its saved training settings with `train_cfg.epochs` as the new
-    epoch count). Otherwise (None, train_cfg), after checking that `out` holds no run yet.
+    epoch count and `train_cfg.tensorboard`). Otherwise (None, train_cfg), after checking that `out` holds no run yet.
     """
     out = Path(out)
     if resume:
         saved = ckpt.read_json(out / ckpt.CONFIG)
-        return saved, TrainConfig.from_dict({**saved["train"], "epochs": train_cfg.epochs})
+        # the saved hyperparameters, with the new epoch count and this call's choice of TensorBoard logging
+        train = {**saved["train"], "epochs": train_cfg.epochs, "tensorboard": train_cfg.tensorboard}
+        return saved, TrainConfig.from_dict(train)
     if (out / "last").exists():
         raise RealfaceError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     return None, train_cfg
@@ -163,6 +166,29 @@ class _CsvLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+class _TensorBoardLog:
+    """The same numbers as event files for `tensorboard --logdir RUN/tensorboard`: every per-step column of
+    log.csv, and each epoch's summary (e.g. val_auc) at the epoch's last step."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RealfaceError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        # purge_step: a resumed run hides what an interrupted one logged after the step it resumes from
+        self.writer = SummaryWriter(str(path), purge_step=None if resume_step is None else resume_step + 1)
+
+    def write(self, row: dict[str, float], prefix: str = "train/") -> None:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key not in ("epoch", "step"):
+                self.writer.add_scalar(prefix + key, float(value), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def fit(
@@ -225,7 +251,9 @@ def fit(
     if dist_info.distributed:
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    log = _CsvLog(run_dir / "log.csv", resume_step=start_epoch * steps_per_epoch if resume else None) if dist_info.is_main else None
+    resume_step = start_epoch * steps_per_epoch if resume else None
+    log = _CsvLog(run_dir / "log.csv", resume_step=resume_step) if dist_info.is_main else None
+    board = _TensorBoardLog(run_dir / "tensorboard", resume_step) if dist_info.is_main and cfg.tensorboard else None
     sel_key, sel_mode = task.selection
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -281,6 +309,8 @@ def fit(
             ips = (i + 1) * cfg.batch_size / max(elapsed, 1e-9)
             if log is not None:
                 log.write({"epoch": epoch, "step": step + 1, "lr": optimizer.param_groups[0]["lr"], **row, "images_per_s": ips})
+            if board is not None:
+                board.write({"step": step + 1, "lr": optimizer.param_groups[0]["lr"], **row, "images_per_s": ips})
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.1f}")
             bar.update(1)
         bar.close()
@@ -290,6 +320,8 @@ def fit(
         if dist_info.is_main:
             summary.update(task.end_of_epoch(model, epoch, run_dir))
             history.epochs.append(summary)
+            if board is not None:
+                board.write({**summary, "step": (epoch + 1) * steps_per_epoch}, prefix="epoch/")
             value = summary.get(sel_key)
             if value is None:
                 raise RealfaceError(f"selection metric {sel_key!r} missing from epoch summary {sorted(summary)}")
@@ -308,5 +340,7 @@ def fit(
             if is_best:
                 ckpt.save_checkpoint(run_dir, "best", model.state_dict(), {**meta, "best_epoch": epoch})
         barrier()
+    if board is not None:
+        board.close()
     return history
 
