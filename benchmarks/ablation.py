@@ -75,13 +75,14 @@ def pretraining_run(name: str, base, work: Path, out: Path, device: str):
 
 
 def pretraining_speed(run: Path) -> tuple[int, float]:
-    """(images seen, mean images/s) of a pretraining run, from its log.csv."""
+    """(images seen, images/s) of a pretraining run from its log.csv: the 90th percentile of the logged rates,
+    i.e. the speed when the machine was not shared (other jobs on the same cores slow some stretches)."""
     import csv
 
     with (run / "log.csv").open(newline="") as f:
         speeds = [float(r["images_per_s"]) for r in csv.DictReader(f)]
     batch = json.loads((run / "config.json").read_text())["train"]["batch_size"]
-    return len(speeds) * batch, float(np.mean(speeds))
+    return len(speeds) * batch, float(np.percentile(speeds, 90))
 
 
 def measure(run: Path, competitive: bool, workers: int) -> dict:
@@ -109,12 +110,10 @@ def exported_scores(run: Path, paths: list[str], workers: int) -> np.ndarray:
     """p(fake) of the one-branch export (branch chosen on 256 of the val faces) for the val faces, in order."""
     import tempfile
 
-    import torch
-
     from realface.bundle import export_bundle, load_bundle
     from realface.data.labelled import DetectionFaces, build_items
     from realface.faces.manifest import read_face_manifest
-    from realface.train.finetune import score_dataset, split_records
+    from realface.train.finetune import calibration_batch, score_dataset, split_records
 
     bundle = load_bundle(run)
     config = json.loads((run / "config.json").read_text())
@@ -122,9 +121,8 @@ def exported_scores(run: Path, paths: list[str], workers: int) -> np.ndarray:
     val_set = DetectionFaces(build_items(val), bundle.pre)
     if [str(it.record.path) for it in val_set.items] != paths:
         raise SystemExit(f"{run}: val faces differ from {run}/val_scores.csv")
-    calibration = torch.stack([val_set[i]["image"] for i in range(0, len(val_set), max(1, len(val_set) // 256))])
     with tempfile.TemporaryDirectory() as tmp:
-        shipped = load_bundle(export_bundle(bundle, Path(tmp), calibration=calibration))
+        shipped = load_bundle(export_bundle(bundle, Path(tmp), calibration=calibration_batch(val_set)))
         probs, _ = score_dataset(shipped.detector, val_set, 64, workers)
     return probs
 
@@ -176,7 +174,7 @@ def main() -> None:
         if "auc_exported" in r:
             auc += f"; one-branch export {r['auc_exported']:.3f}"
         print(f"| {r['axis']} | {r['row']} | {r['pretraining']} | {auc} | {r['eer']:.3f} | {r['ap']:.3f} | {r['wall_s']} |")
-    print("\n| pretraining | images seen | images/s (2 cores) |\n|---|---|---|")
+    print("\n| pretraining | images seen | images/s (2 cores, 90th percentile of the log) |\n|---|---|---|")
     for name, run in pretrained.items():
         if run is not None:
             seen, speed = pretraining_speed(run)

@@ -83,8 +83,8 @@ STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made w
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
-    """Whether the run in `run` has finished `epochs`; refuses a run made with other recipe settings, which
-    would otherwise be resumed or reused as if it were this one."""
+    """Whether the run in `run` has finished `epochs`, after recording `settings` there; refuses a run made with
+    other recipe settings, which would otherwise be resumed or reused as if it were this one."""
     record = run / STAGE_FILE
     if record.is_file():
         before = json.loads(record.read_text())
@@ -203,15 +203,13 @@ def run_recipe(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the whole chain in `work` and export the model to `export_to`; returns the model card."""
-    import torch
-
     from realface.bundle import Decision, export_bundle, load_bundle
     from realface.data.faceset import Preprocessing
     from realface.data.labelled import DetectionFaces, build_items
     from realface.faces.manifest import read_face_manifest
     from realface.faces.pipeline import PipelineConfig
     from realface.faces.preprocess import preprocess
-    from realface.train.finetune import fit_decision, score_dataset
+    from realface.train.finetune import calibration_batch, fit_decision, score_dataset
 
     shared, work = Path(shared), Path(work)
     for need in ("dfdc/manifest.csv", "utkface/manifest.csv", "ffpp-videos/manifest.csv"):
@@ -257,8 +255,7 @@ def run_recipe(
         bundle = load_bundle(ft_run)
         val_records = [r for r in read_face_manifest(dfdc) if r.extra.get("split") == "val"]
         val_set = DetectionFaces(build_items(val_records), bundle.pre)
-        calibration = torch.stack([val_set[i]["image"] for i in range(0, len(val_set), max(1, len(val_set) // 256))])
-        export_bundle(bundle, export_to, card={}, calibration=calibration)
+        export_bundle(bundle, export_to, card={}, calibration=calibration_batch(val_set))
         shipped = load_bundle(export_to)  # measure exactly what ships (fp16, one branch)
         probs, unc = score_dataset(shipped.detector, val_set, 64, cfg.workers)
         decision = Decision.from_json(fit_decision(val_set.labels(), probs, unc))

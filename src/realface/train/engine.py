@@ -185,7 +185,9 @@ class _TensorBoardLog:
         for key, value in row.items():
             if key not in ("epoch", "step"):
                 self.writer.add_scalar(prefix + key, float(value), step)
-        self.writer.flush()
+
+    def flush(self) -> None:
+        self.writer.flush()  # otherwise every 2 minutes (SummaryWriter's default)
 
     def close(self) -> None:
         self.writer.close()
@@ -322,6 +324,7 @@ def fit(
             history.epochs.append(summary)
             if board is not None:
                 board.write({**summary, "step": (epoch + 1) * steps_per_epoch}, prefix="epoch/")
+                board.flush()
             value = summary.get(sel_key)
             if value is None:
                 raise RealfaceError(f"selection metric {sel_key!r} missing from epoch summary {sorted(summary)}")

@@ -80,6 +80,11 @@ class FinetuneTask:
         return {"val_auc": roc_auc(self.val_set.labels(), probs)}
 
 
+def calibration_batch(dataset: DetectionFaces, n: int = 256) -> torch.Tensor:
+    """(about n, 3, S, S): faces spread evenly over `dataset`, for `export_bundle(..., calibration=...)`."""
+    return torch.stack([dataset[i]["image"] for i in range(0, len(dataset), max(1, len(dataset) // n))])
+
+
 def val_face_scores(val_set: DetectionFaces, probs: np.ndarray, uncertainty: np.ndarray | None) -> list[FaceScore]:
     """One `FaceScore` per validation item; confidence 1 - u where the detector reports an uncertainty."""
     rows = []
@@ -106,10 +111,18 @@ def fit_decision(labels: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray 
        smallest confidence at which the kept validation faces reach 95% accuracy; when no band does, the band
        that keeps 80% of them.
     """
-    from realface.eval.calibration import apply_temperature, expected_calibration_error, fit_temperature
-    from realface.eval.calibration import probabilities_to_logits
+    from realface.eval.calibration import (
+        apply_temperature,
+        expected_calibration_error,
+        fit_temperature,
+        probabilities_to_logits,
+    )
     from realface.eval.metrics import binary_report
-    from realface.eval.thresholds import distance_confidence, fit_confidence_band, fit_threshold
+    from realface.eval.thresholds import (
+        distance_confidence,
+        fit_confidence_band,
+        fit_threshold,
+    )
 
     # Only softening (T >= 1) is applied: on a small or separable validation set the NLL keeps falling as T -> 0,
     # which would push calibrated probabilities to exactly 0 or 1 and the threshold onto them.
