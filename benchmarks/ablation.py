@@ -8,7 +8,7 @@ changed from the `cpu` preset:
   from its work folder when its settings match);
 - detector: vit vs rffr vs competitive (the competitive row also reports the AUC of its one-branch export);
 - training fakes: labelled DFDC fakes only vs SBI pseudo-fakes only vs both (the recipe's);
-- fine-tuning layer-wise lr decay: the recipe's vs off.
+- fine-tuning: layer-wise lr decay, the recipe's vs 0.9 vs off; the base lr x4; the per-patch forgery-mask loss off vs on.
 
 Fine-tuning budget per row: `--steps` optimizer steps of the preset's batch (64) over the DFDC train split, one
 cosine cycle. Measured on the whole DFDC val split (never trained on; it is the split the default model is
@@ -47,6 +47,9 @@ ROWS = [
     ("training fakes", "labelled only", BASE_PRETRAINING, {"sbi_ratio": 0.0}),
     ("training fakes", "SBI only", BASE_PRETRAINING, {"labelled_fakes": False, "sbi_ratio": 1.0}),
     ("fine-tuning", "layer decay off (1.0)", BASE_PRETRAINING, {"layer_decay": 1.0}),
+    ("fine-tuning", "layer decay 0.9", BASE_PRETRAINING, {"layer_decay": 0.9}),
+    ("fine-tuning", "base lr x4 (2e-3)", BASE_PRETRAINING, {"finetune_blr": 2e-3}),
+    ("fine-tuning", "forgery-mask supervision (weight 1)", BASE_PRETRAINING, {"mask_weight": 1.0}),
 ]
 
 

@@ -361,6 +361,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--rffr-blocks", type=int, default=4, help="rffr: blocks per side of the patch grid")
     d.add_argument("--fusion-lambda", type=float, default=1.0, help="competitive: softmax(-lambda * u) fusion")
     d.add_argument("--corr-weight", type=float, default=0.1, help="competitive: decorrelation loss weight")
+    d.add_argument("--mask-weight", type=float, default=0.0,
+                   help="vit: weight of the per-patch forgery-mask loss (SBI blend masks, and fake-minus-real "
+                        "differences for fakes whose real shares their group); 0 = no patch head")
     f = p.add_argument_group("training data")
     f.add_argument("--pseudo-fakes", choices=("none", "sbi"), default="none", help="add SBI pseudo-fakes of real faces")
     f.add_argument("--sbi-ratio", type=float, default=1.0, help="SBI fakes per real face (with --pseudo-fakes sbi)")
@@ -387,6 +390,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         rffr_blocks=args.rffr_blocks,
         fusion_lambda=args.fusion_lambda,
         corr_weight=args.corr_weight,
+        mask_weight=args.mask_weight,
     )
     history = finetune(
         args.data,

@@ -46,6 +46,7 @@ class RecipeConfig:
     detector: str = "vit"  # vit, rffr or competitive
     layer_decay: float = 0.75  # fine-tuning layer-wise lr decay (1 = off)
     rffr_blocks: int = 2  # (rffr) k*k blocks tile the patch grid; 2 keeps a 7x7 grid's step 4x cheaper than 4
+    mask_weight: float = 0.0  # (vit) per-patch forgery-mask loss weight (0 = no patch head)
     finetune_epochs: int = 4
     finetune_batch: int = 64
     finetune_blr: float = 5e-4
@@ -77,7 +78,7 @@ PRESETS: dict[str, RecipeConfig] = {
 
 PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "distill_weight", "decoder_dim", "decoder_depth", "pretrain_epochs",
                      "pretrain_batch", "pretrain_blr", "max_steps_per_epoch")
-FINETUNE_SETTINGS = ("detector", "layer_decay", "rffr_blocks", "finetune_epochs", "finetune_batch", "finetune_blr",
+FINETUNE_SETTINGS = ("detector", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch", "finetune_blr",
                      "sbi_ratio", "labelled_fakes", "crop_size", "max_steps_per_epoch")
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 
@@ -88,7 +89,11 @@ def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
     record = run / STAGE_FILE
     if record.is_file():
         before = json.loads(record.read_text())
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        # A setting added since the run was recorded counts as its default then (the code had no other).
+        defaults = asdict(RecipeConfig())
+        changed = sorted(
+            k for k in set(before) | set(settings) if before.get(k, defaults.get(k)) != settings.get(k, defaults.get(k))
+        )
         if changed:
             raise RealfaceError(
                 f"{run} was made with other recipe settings ({', '.join(changed)} differ): "
@@ -184,7 +189,8 @@ def finetune_stage(
     finetune(
         data, run,
         detector_cfg=DetectorConfig(name=cfg.detector, encoder=cfg.encoder, img_size=cfg.img_size,
-                                    layer_decay=cfg.layer_decay, rffr_blocks=cfg.rffr_blocks),
+                                    layer_decay=cfg.layer_decay, rffr_blocks=cfg.rffr_blocks,
+                                    mask_weight=cfg.mask_weight if cfg.detector == "vit" else 0.0),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(1.0, cfg.finetune_epochs / 5), workers=cfg.workers, seed=0),
         pretrained=pretrained, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, crop_size=cfg.crop_size,

@@ -208,6 +208,24 @@ class WildAugment:
         self, image: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Augment an (H, W, 3) uint8 RGB image; (68, 2) landmarks, when given, follow the flip."""
+        out, landmarks, _ = self._apply(image, rng, landmarks, None)
+        return out, landmarks
+
+    def with_map(
+        self, image: np.ndarray, rng: np.random.Generator, pixel_map: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Augment an image and an (H, W) map of its pixels (e.g. where it was forged): the map follows the flip.
+
+        The image gets exactly what `__call__` would give it with a generator in the same state.
+        """
+        if pixel_map.shape != image.shape[:2]:
+            raise ValueError(f"the map's shape {pixel_map.shape} is not the image's {image.shape[:2]}")
+        out, _, pixel_map = self._apply(image, rng, None, pixel_map)
+        return out, pixel_map
+
+    def _apply(
+        self, image: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray | None, pixel_map: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
         cfg = self.config
@@ -218,6 +236,8 @@ class WildAugment:
         out = image
         if apply[0]:
             out, landmarks = hflip(out, landmarks)
+            if pixel_map is not None:
+                pixel_map = np.ascontiguousarray(pixel_map[:, ::-1])
         if apply[1]:
             out = color_jitter(out, rng, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
         if apply[2]:
@@ -230,4 +250,4 @@ class WildAugment:
             out = jpeg(out, rng, cfg.jpeg_quality)
         if out is image:
             out = image.copy()
-        return out, landmarks
+        return out, landmarks, pixel_map

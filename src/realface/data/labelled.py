@@ -4,6 +4,10 @@ A training set is a list of items; each item is a face record and a `kind`:
 - "face": a crop used as it is, with its manifest label;
 - "sbi": a real crop turned into a pseudo-fake by `data.sbi.self_blend` (label 1).
 
+A labelled fake whose real is in the records too (same `group`, frame and face: DFDC's and FaceForensics++'s
+fakes are made from the real video of their group) keeps that real as its `partner`; with `mask_grid` set, the
+dataset then also gives every item a per-patch target of where it was forged (`data.forgery_mask`).
+
 `--pseudo-fakes sbi` adds one "sbi" item per real face times the SBI ratio, so a detector can be trained from
 real faces alone (drop the labelled fakes) or from both. Every random draw of an item comes from
 `numpy.random.default_rng([seed, epoch, index])`, as in pretraining.
@@ -20,6 +24,7 @@ from torch.utils.data import Dataset
 
 from realface.data.augment import WildAugment, WildAugmentConfig
 from realface.data.faceset import Preprocessing, read_face, to_tensor
+from realface.data.forgery_mask import pair_difference_map, patch_targets
 from realface.data.sbi import SBIConfig, self_blend
 from realface.errors import RealfaceError
 
@@ -45,6 +50,13 @@ class Item:
     record: object  # a FaceRecord (path, landmarks, label, extra)
     kind: str  # "face" or "sbi"
     label: int  # 0 real, 1 fake
+    partner: object | None = None  # (labelled fakes) the real record it was made from, when known
+
+
+def _pair_key(record) -> tuple[str, int, str] | None:
+    """(group, frame, face) that a fake shares with the real it was made from; None without a group."""
+    group = record.extra.get("group") or ""
+    return (group, record.frame, record.extra.get("face") or "0") if group else None
 
 
 def build_items(
@@ -53,17 +65,24 @@ def build_items(
     labelled_fakes: bool = True,
     sbi_ratio: float = 0.0,
 ) -> list[Item]:
-    """Training items: every real record, the fake records when `labelled_fakes`, and round(sbi_ratio * reals)
-    SBI pseudo-fakes cycling over the real records that have landmarks."""
+    """Training items: every real record, the fake records when `labelled_fakes` (each with its partner real
+    when the records hold it, both with landmarks), and round(sbi_ratio * reals) SBI pseudo-fakes cycling over
+    the real records that have landmarks."""
     items: list[Item] = []
-    reals = []
-    for rec in records:
-        y = label_to_int(rec.label)
+    labels = [label_to_int(rec.label) for rec in records]
+    reals = [rec for rec, y in zip(records, labels) if y == 0]
+    partners = {}
+    for rec in reals:
+        key = _pair_key(rec)
+        if key is not None and rec.landmarks is not None:
+            partners.setdefault(key, rec)
+    for rec, y in zip(records, labels):
         if y == 0:
-            reals.append(rec)
             items.append(Item(rec, "face", 0))
         elif labelled_fakes:
-            items.append(Item(rec, "face", 1))
+            key = _pair_key(rec)
+            partner = partners.get(key) if key is not None and rec.landmarks is not None else None
+            items.append(Item(rec, "face", 1, partner))
     if sbi_ratio > 0:
         sources = [r for r in reals if r.landmarks is not None]
         if not sources:
@@ -74,7 +93,11 @@ def build_items(
 
 
 class DetectionFaces(Dataset):
-    """Items as {"image": (3, S, S) float32 normalized, "label": () long}; training views are augmented."""
+    """Items as {"image": (3, S, S) float32 normalized, "label": () long}; training views are augmented.
+
+    With `mask_grid` (rows, cols) also "mask": (rows * cols,) float32, the fraction of each patch that was
+    forged, and "mask_known": () float32, 1 where that is known (reals, SBI, fakes with a partner), else 0.
+    """
 
     def __init__(
         self,
@@ -84,6 +107,7 @@ class DetectionFaces(Dataset):
         seed: int = 0,
         augment: WildAugmentConfig | None = None,
         sbi: SBIConfig | None = None,
+        mask_grid: tuple[int, int] | None = None,
     ) -> None:
         if not items:
             raise RealfaceError("no faces to train or validate on")
@@ -92,6 +116,7 @@ class DetectionFaces(Dataset):
         self.seed = seed
         self.augment = WildAugment(augment) if augment is not None else None
         self.sbi = sbi or SBIConfig()
+        self.mask_grid = mask_grid
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -105,18 +130,43 @@ class DetectionFaces(Dataset):
 
     def view(self, index: int) -> np.ndarray:
         """The (S, S, 3) uint8 face the model sees for this item in this epoch."""
+        return self.view_and_map(index)[0]
+
+    def view_and_map(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The face the model sees for this item in this epoch, and the (S, S) float32 map of where it was
+        forged (zeros for a real face), or None where that is not known."""
         item = self.items[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         rgb = read_face(item.record)
-        landmarks = item.record.landmarks
+        forged = None
         if item.kind == "sbi":
-            rgb = self_blend(rgb, landmarks, rng, self.sbi).fake
+            result = self_blend(rgb, item.record.landmarks, rng, self.sbi)
+            rgb, forged = result.fake, result.mask
+        elif item.label == 0:
+            forged = np.zeros(rgb.shape[:2], np.float32)
+        elif item.partner is not None and self.mask_grid is not None:
+            forged = pair_difference_map(rgb, item.record.landmarks, read_face(item.partner), item.partner.landmarks)
         if self.augment is not None:
-            rgb, _ = self.augment(rgb, rng, None)
+            if forged is None:
+                rgb, _ = self.augment(rgb, rng, None)
+            else:
+                rgb, forged = self.augment.with_map(rgb, rng, forged)
         size = self.pre.img_size
         if rgb.shape[:2] != (size, size):
             rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-        return rgb
+            if forged is not None:
+                forged = cv2.resize(forged, (size, size), interpolation=cv2.INTER_AREA)
+        return rgb, forged
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"image": to_tensor(self.view(index), self.pre), "label": torch.tensor(self.items[index].label)}
+        if self.mask_grid is None:
+            return {"image": to_tensor(self.view(index), self.pre), "label": torch.tensor(self.items[index].label)}
+        rgb, forged = self.view_and_map(index)
+        known = forged is not None
+        target = patch_targets(forged, self.mask_grid) if known else np.zeros(self.mask_grid[0] * self.mask_grid[1], np.float32)
+        return {
+            "image": to_tensor(rgb, self.pre),
+            "label": torch.tensor(self.items[index].label),
+            "mask": torch.from_numpy(target),
+            "mask_known": torch.tensor(float(known)),
+        }

@@ -24,6 +24,7 @@ from realface.errors import RealfaceError
 from realface.eval.metrics import roc_auc
 from realface.eval.report import FaceScore, write_scores_csv
 from realface.models.detectors import DetectorConfig, build_detector
+from realface.models.detectors.base import patch_mask_loss
 from realface.predict import score_batches
 from realface.train import checkpoint as ckpt
 from realface.train.distributed import init_distributed, shutdown_distributed
@@ -65,7 +66,12 @@ class FinetuneTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         core = getattr(model, "module", model)  # the detector inside DDP
         out = model(batch["image"])
-        return core.loss(out, batch["label"], self.progress)
+        loss, parts = core.loss(out, batch["label"], self.progress)
+        if "patch_logits" in out.extras:
+            mask = patch_mask_loss(out.extras["patch_logits"], batch["mask"], batch["mask_known"])
+            loss = loss + core.config.mask_weight * mask
+            parts = {**parts, "mask": mask.detach()}
+        return loss, parts
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         self.progress = (step + 1) / total_steps
@@ -209,7 +215,10 @@ def finetune(
         items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio)
         if len({it.label for it in items}) < 2:
             raise RealfaceError("training needs both classes: add labelled fakes or --pseudo-fakes sbi")
-        train_set = DetectionFaces(items, pre, seed=train_cfg.seed, augment=WildAugmentConfig() if augment else None)
+        train_set = DetectionFaces(
+            items, pre, seed=train_cfg.seed, augment=WildAugmentConfig() if augment else None,
+            mask_grid=detector_cfg.grid if detector_cfg.mask_weight > 0 else None,
+        )  # fmt: skip
         val_set = None
         if val_records:
             val_set = DetectionFaces(build_items(val_records), pre, seed=train_cfg.seed)

@@ -51,6 +51,7 @@ class DetectorConfig:
     corr_weight: float = 0.1  # (competitive) weight of the Pearson decorrelation loss
     edl_weight: float = 1.0  # (competitive) weight of each branch's evidential loss
     edl_anneal: float = 0.5  # (competitive) the EDL KL term ramps 0 -> 1 over this fraction of training; 0 = full at once
+    mask_weight: float = 0.0  # (vit) weight of the per-patch forgery-mask loss; > 0 adds the patch head, 0 = none
 
     def __post_init__(self) -> None:
         from realface.models.detectors import DETECTORS  # the registry imports this module
@@ -82,6 +83,8 @@ class DetectorConfig:
             raise RealfaceError("fusion_lambda, corr_weight and edl_weight must be >= 0 (0 turns a term off)")
         if not 0.0 <= self.edl_anneal <= 1.0:
             raise RealfaceError(f"edl_anneal {self.edl_anneal} must be a fraction of training in [0, 1]")
+        if self.mask_weight < 0 or (self.mask_weight > 0 and self.name != "vit"):
+            raise RealfaceError(f"mask_weight {self.mask_weight}: a forgery-mask head (> 0) is a 'vit' detector option")
         if self.freeze and self.name == "competitive":
             raise RealfaceError("freeze is not supported by 'competitive': its branches must train to diverge")
 
@@ -223,6 +226,13 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> tor
     """Mean cross-entropy with label smoothing; logits (N, 2) any float dtype, labels (N,) long."""
     check_labels(labels, logits.shape[0])
     return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+
+
+def patch_mask_loss(patch_logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of per-patch forgery logits (N, L) against targets (N, L) in [0, 1], averaged over
+    the faces whose target is known (known: (N,) 0/1); 0 when none is."""
+    per_face = F.binary_cross_entropy_with_logits(patch_logits.float(), target.float(), reduction="none").mean(dim=1)
+    return (per_face * known).sum() / known.sum().clamp(min=1.0)
 
 
 def check_labels(labels: torch.Tensor, n: int) -> None:
