@@ -190,3 +190,30 @@ def test_finetune_with_mask_weight_trains_the_patch_head_and_exports_it(dfdc_pai
     faces = DetectionFaces(build_items(read_face_manifest(dfdc_pairs)[:2]), bundle.pre)
     maps = bundle.detector.eval().heatmap(torch.stack([faces[i]["image"] for i in range(2)]))
     assert maps.shape == (2, 64, 64)
+
+
+def test_localization_report_scores_the_patch_head_on_paired_fakes(dfdc_pairs):
+    from realface.eval.localization import localization_report
+    from realface.models.detectors.base import DetectorOutput
+
+    records = [r for r in read_face_manifest(dfdc_pairs) if r.extra["split"] == "val"]
+    faces = DetectionFaces(build_items(records), Preprocessing(img_size=64, crop_size=64), mask_grid=(4, 4))
+    fakes = [i for i, it in enumerate(faces.items) if it.label == 1]
+    truth = torch.stack([faces[i]["mask"] for i in fakes])  # what the report compares against, in its order
+
+    class Oracle(torch.nn.Module):
+        """Answers each batch with the true targets (logit-like: forged fraction - 0.5), in dataset order."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = 0
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, images: torch.Tensor) -> DetectorOutput:
+            rows = truth[self.seen : self.seen + len(images)]
+            self.seen += len(images)
+            return DetectorOutput(torch.zeros(len(images), 2), torch.zeros(len(images)), None, {"patch_logits": rows - 0.5})
+
+    report = localization_report(Oracle(), faces, batch_size=3)
+    assert report["faces"] == 4 and report["patches"] == 64
+    assert report["forged_patches"] == int((truth >= 0.5).sum()) and report["patch_auc"] == 1.0

@@ -45,6 +45,15 @@ def test_recipe_refuses_to_reuse_a_stage_made_with_other_settings(tiny_recipe, s
         run_recipe(shared_data, work, changed, export_to=tiny_recipe.parent / "other", progress=False)
     assert not (tiny_recipe.parent / "other").exists()
 
+    # A run recorded before a setting existed was made with that setting's old value (mask_weight: none).
+    record = work / "finetune" / "recipe_stage.json"
+    settings = json.loads(record.read_text())
+    assert settings["mask_weight"] == PRESETS["tiny"].mask_weight > 0
+    del settings["mask_weight"]
+    record.write_text(json.dumps(settings))
+    with pytest.raises(RealfaceError, match=r"\(mask_weight differ"):
+        run_recipe(shared_data, work, PRESETS["tiny"], export_to=tiny_recipe.parent / "other", progress=False)
+
 
 def test_detect_uses_the_recipe_weights(tiny_recipe, shared_data, capsys):
     video = shared_data / "ffpp-videos" / "FaceSwap" / "634_660.mp4"

@@ -46,7 +46,7 @@ class RecipeConfig:
     detector: str = "vit"  # vit, rffr or competitive
     layer_decay: float = 0.75  # fine-tuning layer-wise lr decay (1 = off)
     rffr_blocks: int = 2  # (rffr) k*k blocks tile the patch grid; 2 keeps a 7x7 grid's step 4x cheaper than 4
-    mask_weight: float = 0.0  # (vit) per-patch forgery-mask loss weight (0 = no patch head)
+    mask_weight: float = 1.0  # (vit) per-patch forgery-mask loss weight (0 = no patch head)
     finetune_epochs: int = 4
     finetune_batch: int = 64
     finetune_blr: float = 5e-4
@@ -81,6 +81,8 @@ PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "distill_weight", "decoder_d
 FINETUNE_SETTINGS = ("detector", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch", "finetune_blr",
                      "sbi_ratio", "labelled_fakes", "crop_size", "max_steps_per_epoch")
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
+# Settings added after runs began recording theirs, with the value every run recorded before then was made with.
+UNRECORDED = {"mask_weight": 0.0}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -89,11 +91,8 @@ def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
     record = run / STAGE_FILE
     if record.is_file():
         before = json.loads(record.read_text())
-        # A setting added since the run was recorded counts as its default then (the code had no other).
-        defaults = asdict(RecipeConfig())
-        changed = sorted(
-            k for k in set(before) | set(settings) if before.get(k, defaults.get(k)) != settings.get(k, defaults.get(k))
-        )
+        before = {**{k: v for k, v in UNRECORDED.items() if k in settings}, **before}
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed:
             raise RealfaceError(
                 f"{run} was made with other recipe settings ({', '.join(changed)} differ): "
@@ -212,6 +211,7 @@ def run_recipe(
     from realface.bundle import Decision, export_bundle, load_bundle
     from realface.data.faceset import Preprocessing
     from realface.data.labelled import DetectionFaces, build_items
+    from realface.eval.localization import localization_report
     from realface.faces.manifest import read_face_manifest
     from realface.faces.pipeline import PipelineConfig
     from realface.faces.preprocess import preprocess
@@ -267,6 +267,10 @@ def run_recipe(
         decision = Decision.from_json(fit_decision(val_set.labels(), probs, unc))
         shipped = replace(shipped, decision=decision)
         ffpp = measure_ffpp(shipped, shared, cfg.frames)
+        where = None
+        if shipped.config.mask_weight > 0:
+            paired = DetectionFaces(build_items(val_records), bundle.pre, mask_grid=shipped.config.grid)
+            where = localization_report(shipped.detector, paired, workers=cfg.workers)
 
     fakes = [r["p_fake"] for r in ffpp if r["label"] == "fake" and r["p_fake"] is not None]
     originals = [r["p_fake"] for r in ffpp if r["label"] == "real" and r["p_fake"] is not None]
@@ -280,6 +284,7 @@ def run_recipe(
         },
         "preprocessing": Preprocessing.to_dict(shipped.pre),
         "dfdc_val": decision.val,
+        "dfdc_val_localization": where,
         "ffpp_videos": ffpp,
         "ffpp_fakes_above_originals": bool(fakes and originals and min(fakes) > max(originals)),
         "hardware": machine(),
@@ -318,6 +323,7 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         "",
         "The threshold is fitted (EER point) on this same val split, so balanced accuracy there is optimistic.",
         "",
+        *_localization_lines(card.get("dfdc_val_localization")),
         f"## FF++ sample videos (video-level p(fake), {r['frames']} frames; a sanity check, not an accuracy claim)",
         "| video | label | method | p(fake) | verdict |",
         "|---|---|---|---|---|",
@@ -334,3 +340,15 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _localization_lines(where: dict[str, Any] | None) -> list[str]:
+    if not where:
+        return []
+    return [
+        "## Where: the patch head on the DFDC val fakes",
+        f"Patch AUC {where['patch_auc']:.3f}: over the {where['patches']} patches of the {where['faces']} val fakes whose"
+        f" real is in the split, how well the heatmap ranks the {where['forged_patches']} forged ones (at least half"
+        " changed, by the fake-minus-real difference) above the rest of the same faces; 0.5 knows nothing of where.",
+        "",
+    ]
