@@ -197,7 +197,7 @@ def test_localization_report_scores_the_patch_head_on_paired_fakes(dfdc_pairs):
     from realface.models.detectors.base import DetectorOutput
 
     records = [r for r in read_face_manifest(dfdc_pairs) if r.extra["split"] == "val"]
-    faces = DetectionFaces(build_items(records), Preprocessing(img_size=64, crop_size=64), mask_grid=(4, 4))
+    faces = DetectionFaces(build_items(records), Preprocessing(img_size=64, crop_size=64), mask_grid=(8, 8))
     fakes = [i for i, it in enumerate(faces.items) if it.label == 1]
     truth = torch.stack([faces[i]["mask"] for i in fakes])  # what the report compares against, in its order
 
@@ -215,5 +215,9 @@ def test_localization_report_scores_the_patch_head_on_paired_fakes(dfdc_pairs):
             return DetectorOutput(torch.zeros(len(images), 2), torch.zeros(len(images)), None, {"patch_logits": rows - 0.5})
 
     report = localization_report(Oracle(), faces, batch_size=3)
-    assert report["faces"] == 4 and report["patches"] == 64
+    assert report["faces"] == 4 and report["patches"] == 256
     assert report["forged_patches"] == int((truth >= 0.5).sum()) and report["patch_auc"] == 1.0
+    assert report["inside_face_auc"] == 1.0 and 0.5 < report["face_prior_auc"] < 1.0
+    # fakes without their real: nothing to measure
+    alone = DetectionFaces(build_items([r for r in records if r.label == "fake"]), faces.pre, mask_grid=(8, 8))
+    assert localization_report(Oracle(), alone) is None

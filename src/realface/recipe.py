@@ -309,7 +309,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         "## What it is",
         f"- Encoder `{r['encoder']}` at {r['img_size']} px, pretrained on real faces only ({r['mask']} masking,"
         f" self-distillation weight {r['distill_weight']}, {r['pretrain_epochs']} epochs), then fine-tuned as a"
-        f" `{r['detector']}` detector for {r['finetune_epochs']} epochs.",
+        f" `{r['detector']}` detector for {r['finetune_epochs']} epochs"
+        + (f", with the forgery-mask loss (weight {r['mask_weight']}) and its patch head." if r.get("mask_weight") and r["detector"] == "vit" else "."),
         f"- Crops: aligned faces, face box scaled by {card['preprocessing']['crop_margin']}, {r['crop_size']} px.",
         "",
         "## Data",
@@ -346,9 +347,16 @@ def _localization_lines(where: dict[str, Any] | None) -> list[str]:
     if not where:
         return []
     return [
-        "## Where: the patch head on the DFDC val fakes",
-        f"Patch AUC {where['patch_auc']:.3f}: over the {where['patches']} patches of the {where['faces']} val fakes whose"
-        f" real is in the split, how well the heatmap ranks the {where['forged_patches']} forged ones (at least half"
-        " changed, by the fake-minus-real difference) above the rest of the same faces; 0.5 knows nothing of where.",
+        "## Where: the heatmap (patch head) on the DFDC val fakes",
+        "| patch AUC | face-region prior alone | patch AUC inside the face | fakes | patches | forged patches |",
+        "|---|---|---|---|---|---|",
+        f"| {where['patch_auc']:.3f} | {where['face_prior_auc']:.3f} | {where['inside_face_auc']:.3f} | {where['faces']} |"
+        f" {where['patches']} | {where['forged_patches']} |",
+        "",
+        "Each patch of each val fake whose real is in the split is forged when at least half of it changed (the"
+        " fake-minus-real difference after aligning the two); the AUC says how well the heatmap ranks forged patches"
+        " above the rest of the same faces (0.5 knows nothing of where). Forged patches lie inside the face, so a"
+        " map that only knows where the face is already scores the prior's AUC; the AUC over the patches wholly"
+        " inside the face, where that prior cannot help, is what the head knows of where within a face.",
         "",
     ]

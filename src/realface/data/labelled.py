@@ -134,7 +134,8 @@ class DetectionFaces(Dataset):
 
     def view_and_map(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The face the model sees for this item in this epoch, and the (S, S) float32 map of where it was
-        forged (zeros for a real face), or None where that is not known."""
+        forged (zeros for a real face), or None where that is not known (a labelled fake's map is made only for
+        a dataset with `mask_grid`: it costs a second crop read and a warp)."""
         item = self.items[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         rgb = read_face(item.record)

@@ -3,7 +3,10 @@
 Measured on labelled fakes whose real is in the data (`realface.data.forgery_mask`): every patch of those
 faces is a sample, positive when at least half of it was forged by the fake-minus-real map, and scored by the
 head's forgery logit. The AUC over all those patches says whether the head ranks forged regions above the
-untouched rest of the same faces; 0.5 is a head that knows nothing of where.
+untouched rest of the same faces; 0.5 is a head that knows nothing of where. Forged patches lie inside the
+face by construction, so the report also gives the AUC of that prior alone (each patch scored by how much of it
+the face's grown landmark hull covers), and the head's AUC over the patches wholly inside that hull only, where
+the prior cannot tell patches apart: the head is worth what it adds there.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from realface.data.forgery_mask import face_hull_mask, patch_targets
 from realface.data.labelled import DetectionFaces
 from realface.eval.metrics import roc_auc
 
@@ -37,17 +41,34 @@ def patch_scores(detector: torch.nn.Module, faces: DetectionFaces, batch_size: i
     return torch.cat(logits).numpy(), torch.cat(targets).numpy()
 
 
-def localization_report(detector: torch.nn.Module, faces: DetectionFaces, batch_size: int = 64, workers: int = 0) -> dict:
-    """{"patch_auc", "faces", "patches", "forged_patches"} over the fakes of `faces` with a known map."""
-    fakes = [i for i, it in enumerate(faces.items) if it.label == 1 and it.partner is not None]
-    subset = DetectionFaces([faces.items[i] for i in fakes], faces.pre, seed=faces.seed, mask_grid=faces.mask_grid)
+def localization_report(
+    detector: torch.nn.Module, faces: DetectionFaces, batch_size: int = 64, workers: int = 0
+) -> dict | None:
+    """{"patch_auc", "face_prior_auc", "inside_face_auc", "faces", "patches", "forged_patches"} over the fakes of
+    `faces` with a known map (`faces` without augmentation, so crops and landmarks line up); None when those
+    fakes do not hold both forged and untouched patches, inside the face and overall (too few to measure)."""
+    fakes = [it for it in faces.items if it.label == 1 and it.partner is not None]
+    if not fakes:
+        return None
+    subset = DetectionFaces(fakes, faces.pre, seed=faces.seed, mask_grid=faces.mask_grid)
     logits, targets = patch_scores(detector, subset, batch_size, workers)
     forged = (targets >= FORGED).reshape(-1)
-    if forged.all() or not forged.any():
-        raise ValueError("localization needs forged and untouched patches among the fakes")
+    prior = np.stack([face_prior(item.record.landmarks, faces.pre, faces.mask_grid) for item in subset.items])
+    inside = prior.reshape(-1) >= 1.0
+    if any(len(set(f.tolist())) < 2 for f in (forged, forged[inside])):
+        return None
     return {
         "patch_auc": roc_auc(forged.astype(int), logits.reshape(-1)),
+        "face_prior_auc": roc_auc(forged.astype(int), prior.reshape(-1)),
+        "inside_face_auc": roc_auc(forged[inside].astype(int), logits.reshape(-1)[inside]),
         "faces": int(logits.shape[0]),
         "patches": int(forged.size),
         "forged_patches": int(forged.sum()),
     }
+
+
+def face_prior(landmarks: np.ndarray, pre, grid: tuple[int, int]) -> np.ndarray:
+    """(L,) the fraction of each patch inside the grown landmark hull, on the model's input (crop resized)."""
+    side = pre.crop_size
+    hull = face_hull_mask(landmarks, (side, side))
+    return patch_targets(hull, grid)
