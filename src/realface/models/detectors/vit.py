@@ -52,10 +52,6 @@ class ViTDetector(Detector):
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.encoder] if self.config.freeze else []
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """images (N, 3, H, W) -> pooled features (N, D). A frozen encoder builds no graph unless the images need grad."""
-        return pool_tokens(self.encoder.forward_features(images), self.config.pool)
-
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         tokens = self.encoder.forward_features(images)  # (N, 1 + L, D)
         features = pool_tokens(tokens, self.config.pool)  # (N, D)
