@@ -16,7 +16,7 @@ from realface.train import checkpoint as ckpt
 def tiny_recipe(shared_data: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("recipe")
     weights = root / "weights"
-    args = ["recipe", "tiny", "--shared", str(shared_data), "--work", str(root / "work"), "--export", str(weights),
+    args = ["recipe", "--scale", "tiny", "--shared", str(shared_data), "--work", str(root / "work"), "--export", str(weights),
             "--no-progress"]  # fmt: skip
     assert main(args) == 0
     return weights

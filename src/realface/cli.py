@@ -427,7 +427,9 @@ def _add_recipe(sub: argparse._SubParsersAction) -> None:
         help="run the whole chain that makes the default model (preprocess, pretrain, finetune, export)",
         description="Reproduce the default model from ../shared/data; every stage resumes where it stopped.",
     )
-    p.add_argument("preset", choices=("tiny", "cpu", "gpu"), help="tiny (tests), cpu (~2 h, 2 cores) or gpu")
+    p.add_argument("preset", nargs="?", default="default", choices=("default", "tiny", "cpu", "gpu"),
+                   help="tiny (tests), cpu (~2 h, 2 cores) or gpu; default: cpu")
+    p.add_argument("--scale", choices=("tiny", "cpu", "gpu"), default=None, help="the preset, as an option (wins)")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"), help="the shared data folder")
     p.add_argument("--work", type=Path, default=None, help="working folder (default runs/recipe-PRESET)")
     p.add_argument("--export", type=Path, default=None, help="where the weights go (default: the package)")
@@ -443,13 +445,14 @@ def _run_recipe(args: argparse.Namespace) -> int:
     from realface.bundle import default_weights_dir
     from realface.recipe import PRESETS, model_card_markdown, run_recipe
 
-    cfg = PRESETS[args.preset]
+    preset = args.scale or ("cpu" if args.preset == "default" else args.preset)
+    cfg = PRESETS[preset]
     if args.detector:
         cfg = replace(cfg, detector=args.detector)
-    work = args.work or Path("runs") / f"recipe-{args.preset}"
+    work = args.work or Path("runs") / f"recipe-{preset}"
     export = args.export or default_weights_dir()
     card = run_recipe(
-        args.shared, work, cfg, export_to=export, preset=args.preset, device=args.device, progress=not args.no_progress
+        args.shared, work, cfg, export_to=export, preset=preset, device=args.device, progress=not args.no_progress
     )
     print(model_card_markdown(card))
     print(f"weights exported to {export}")
