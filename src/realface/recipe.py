@@ -47,7 +47,7 @@ class RecipeConfig:
     layer_decay: float = 0.75  # fine-tuning layer-wise lr decay (1 = off)
     rffr_blocks: int = 2  # (rffr) k*k blocks tile the patch grid; 2 keeps a 7x7 grid's step 4x cheaper than 4
     mask_weight: float = 1.0  # (vit) per-patch forgery-mask loss weight (0 = no patch head)
-    finetune_epochs: int = 4
+    finetune_epochs: int = 6
     finetune_batch: int = 64
     finetune_blr: float = 5e-4
     sbi_ratio: float = 0.5  # SBI pseudo-fakes per real training face (0 = none)
