@@ -11,9 +11,11 @@ where the forgery is.
   face swaps of the real video of their group, FaceForensics++'s of their original): the difference between
   the fake and its real, after aligning the real onto the fake by their 68 landmarks, blurred, inside the
   fake's (slightly grown) landmark hull, mapped linearly from DIFF_NOISE grey levels (0: what resampling two
-  crops and JPEG leave on identical faces) to DIFF_FULL (1). Measured on 112 px crops: two warps of the same
-  face leave 99% of the blurred in-face difference under 7 grey levels; a DFDC fake differs from its real by
-  8 (median pixel of the median pair) to 27 (90th percentile pixel).
+  crops and JPEG leave on identical faces) to DIFF_FULL (1). Measured on the recipe's 112 px crops
+  (`python benchmarks/forgery_mask_levels.py --faces runs/recipe-cpu/faces`): on a face against a moved copy of
+  itself, 99% of the median face's pixels differ by under 6 grey levels; a DFDC fake differs from its real by 8
+  at the median pixel of the median pair, by 15 at its 90th percentile pixel, by 30 at that of the 90th
+  percentile pair.
 
 Maps are (H, W) float32 in [0, 1] on the crop; `patch_targets` averages them over the encoder's patches.
 """
@@ -53,13 +55,19 @@ def pair_difference_map(
     the fake's; a face swap keeps pose and expression, so what is left is the swap (and some misregistration,
     which the blur, the noise level and the hull keep small).
     """
+    forged = np.clip((aligned_difference(fake, fake_landmarks, real, real_landmarks) - DIFF_NOISE) / (DIFF_FULL - DIFF_NOISE), 0.0, 1.0)
+    return (forged * face_hull_mask(fake_landmarks, fake.shape[:2])).astype(np.float32)
+
+
+def aligned_difference(
+    fake: np.ndarray, fake_landmarks: np.ndarray, real: np.ndarray, real_landmarks: np.ndarray
+) -> np.ndarray:
+    """(H, W) float32 grey levels: |fake - real warped onto it by their landmarks|, channel mean, blurred."""
     h, w = fake.shape[:2]
     matrix = similarity_transform(np.asarray(real_landmarks, np.float64), np.asarray(fake_landmarks, np.float64))
     aligned = cv2.warpAffine(real, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     diff = np.abs(fake.astype(np.float32) - aligned.astype(np.float32)).mean(axis=2)
-    diff = cv2.GaussianBlur(diff, (0, 0), sigmaX=max(0.5, DIFF_BLUR * w), borderType=cv2.BORDER_REFLECT_101)
-    forged = np.clip((diff - DIFF_NOISE) / (DIFF_FULL - DIFF_NOISE), 0.0, 1.0)
-    return (forged * face_hull_mask(fake_landmarks, (h, w))).astype(np.float32)
+    return cv2.GaussianBlur(diff, (0, 0), sigmaX=max(0.5, DIFF_BLUR * w), borderType=cv2.BORDER_REFLECT_101)
 
 
 def patch_targets(pixel_map: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

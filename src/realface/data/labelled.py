@@ -134,8 +134,8 @@ class DetectionFaces(Dataset):
 
     def view_and_map(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The face the model sees for this item in this epoch, and the (S, S) float32 map of where it was
-        forged (zeros for a real face), or None where that is not known (a labelled fake's map is made only for
-        a dataset with `mask_grid`: it costs a second crop read and a warp)."""
+        forged (zeros for a real face), or None where that is not known. Without `mask_grid` only SBI faces get
+        a map (it comes with the blend); a labelled fake's costs a second crop read and a warp."""
         item = self.items[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         rgb = read_face(item.record)
@@ -143,9 +143,11 @@ class DetectionFaces(Dataset):
         if item.kind == "sbi":
             result = self_blend(rgb, item.record.landmarks, rng, self.sbi)
             rgb, forged = result.fake, result.mask
+        elif self.mask_grid is None:
+            pass  # no map wanted: no zeros to flip, no partner to read
         elif item.label == 0:
             forged = np.zeros(rgb.shape[:2], np.float32)
-        elif item.partner is not None and self.mask_grid is not None:
+        elif item.partner is not None:
             forged = pair_difference_map(rgb, item.record.landmarks, read_face(item.partner), item.partner.landmarks)
         if self.augment is not None:
             if forged is None:

@@ -53,9 +53,10 @@ def localization_report(
     subset = DetectionFaces(fakes, faces.pre, seed=faces.seed, mask_grid=faces.mask_grid)
     logits, targets = patch_scores(detector, subset, batch_size, workers)
     forged = (targets >= FORGED).reshape(-1)
-    prior = np.stack([face_prior(item.record.landmarks, faces.pre, faces.mask_grid) for item in subset.items])
+    side = faces.pre.crop_size  # landmarks are in crop pixels
+    prior = np.stack([patch_targets(face_hull_mask(it.record.landmarks, (side, side)), faces.mask_grid) for it in fakes])
     inside = prior.reshape(-1) >= 1.0
-    if any(len(set(f.tolist())) < 2 for f in (forged, forged[inside])):
+    if any(f.all() or not f.any() for f in (forged, forged[inside])):
         return None
     return {
         "patch_auc": roc_auc(forged.astype(int), logits.reshape(-1)),
@@ -66,9 +67,3 @@ def localization_report(
         "forged_patches": int(forged.sum()),
     }
 
-
-def face_prior(landmarks: np.ndarray, pre, grid: tuple[int, int]) -> np.ndarray:
-    """(L,) the fraction of each patch inside the grown landmark hull, on the model's input (crop resized)."""
-    side = pre.crop_size
-    hull = face_hull_mask(landmarks, (side, side))
-    return patch_targets(hull, grid)
