@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from realface.models.detectors import DetectorConfig, build_detector
 
     torch.manual_seed(0)
-    config = DetectorConfig(name="vit", img_size=64)
+    config = DetectorConfig(name="classifier", img_size=64)
     bundle = Bundle(
         detector=build_detector(config).eval(),
         config=config,

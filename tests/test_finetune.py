@@ -96,7 +96,7 @@ def test_detectors_from_a_pretraining_run(detector, pretrain_run, antispoof, tmp
     bundle = load_bundle(run)
     assert bundle.config.name == detector
     exported = bundle.detector.export()
-    assert exported.config.name == ("vit" if detector == "competitive" else "rffr")
+    assert exported.config.name == ("classifier" if detector == "competitive" else "rffr")
     if detector == "competitive":  # export_bundle keeps the branch less uncertain on the calibration faces
         val = read_scores_csv(run / VAL_SCORES)
         faces = DetectionFaces(build_items(read_face_manifest(antispoof)[:8]), bundle.pre)

@@ -11,7 +11,8 @@ from PIL import Image
 
 from realface.models.mae import MaskedAutoencoder
 from realface.models.masking import sample_masks
-from realface.models.vit import EncoderSpec, build_encoder, encoder_from_spec
+from realface.models.encoders import build_encoder
+from realface.models.encoders.vit import EncoderSpec, encoder_from_spec
 
 SMALL = EncoderSpec(embed_dim=64, depth=2, heads=2, patch=16)
 

@@ -14,14 +14,35 @@ from realface.errors import RealfaceError
 from realface.models.distill import SelfDistillation, momentum_schedule
 from realface.models.masking import sample_masks
 from realface.models.pretrainer import ModelConfig, Pretrainer, build_pretrainer
-from realface.models.vit import ENCODERS, build_encoder, load_init, sincos_pos_embed_2d, weights_to_be_loaded
+from realface.models.encoders import ENCODERS, build_encoder, weights_to_be_loaded
+from realface.models.encoders.vit import SPECS, load_init, sincos_pos_embed_2d
 
 
 @pytest.mark.parametrize("name", sorted(ENCODERS))
-def test_every_registered_encoder_runs(name: str) -> None:
+def test_every_registered_encoder_gives_its_map_and_trains(name: str) -> None:
+    """The Encoder contract for every registered backbone: map at the stated stride and width, pooled vector,
+    gradients to every parameter, layer numbers within [0, num_layers]."""
+    torch.manual_seed(0)
+    info = ENCODERS[name]
+    size = 2 * info.stride
+    encoder = build_encoder(name, img_size=size).train()
+    x = torch.randn(2, 3, size, size)
+    fmap, pooled = encoder.features(x)
+    assert fmap.shape == (2, info.channels, 2, 2) and pooled.shape == (2, info.channels)
+    assert encoder.stride == info.stride and encoder.out_channels == info.channels
+    (fmap.square().mean() + pooled.mean()).backward()
+    for pname, param in encoder.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), pname
+        assert 0 <= encoder.layer_of(pname) <= encoder.num_layers
+    layers = {encoder.layer_of(p) for p, _ in encoder.named_parameters()}
+    assert len(layers) >= 4  # stem, stages/blocks: lr decay has depth to work with
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_vit_runs_on_all_and_on_visible_tokens(name: str) -> None:
     torch.manual_seed(0)
     encoder = build_encoder(name, img_size=32).eval()
-    spec = ENCODERS[name]
+    spec = SPECS[name]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         full = encoder.forward_features(x)
@@ -73,7 +94,7 @@ def test_encoders_built_for_loading_skip_the_random_init_only_inside_the_context
 def test_build_encoder_rejects_unknown_names_and_sizes() -> None:
     with pytest.raises(RealfaceError, match="unknown encoder"):
         build_encoder("vit_huge_patch14")
-    with pytest.raises(RealfaceError, match="multiple of the patch"):
+    with pytest.raises(RealfaceError, match="multiple of the encoder"):
         build_encoder("vit_tiny_patch16", img_size=100)
 
 

@@ -164,7 +164,7 @@ def test_public_model_info_hides_server_folders(bundle: Bundle, tiny_model: Path
 def test_health_model_openapi_and_page(client: TestClient, tiny_model: Path) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     model = client.get("/v1/model").json()
-    assert model["detector"] == "vit" and model["img_size"] == 64 and model["card"]["name"].startswith("test model")
+    assert model["detector"] == "classifier" and model["img_size"] == 64 and model["card"]["name"].startswith("test model")
     assert model["decision"]["band"] == 0.1 and model["service"]["max_jobs"] == 2 and model["service"]["frames"] == 2
     assert str(tiny_model) not in json.dumps(model)
     schema = client.get("/openapi.json").json()

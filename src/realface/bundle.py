@@ -22,7 +22,7 @@ import torch
 from realface.data.faceset import Preprocessing
 from realface.errors import RealfaceError
 from realface.models.detectors import Detector, DetectorConfig, build_detector
-from realface.models.vit import weights_to_be_loaded
+from realface.models.encoders import weights_to_be_loaded
 from realface.train import checkpoint as ckpt
 
 

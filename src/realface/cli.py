@@ -272,20 +272,23 @@ def _train_config(args: argparse.Namespace):
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
-        help="pretrain a ViT on real faces (MAE + CRFR-P masking + self-distillation)",
-        description="Learn a representation of real faces only, by masked image modeling (FSFM's 3C).",
+        help="pretrain an encoder (ViT or CNN) on real faces (masked image modeling + CRFR-P + self-distillation)",
+        description="Learn a representation of real faces only, by masked image modeling (FSFM's 3C); a CNN "
+        "encoder is pretrained SparK / FCMAE style (sparse-acting convolutions, U-Net decoder).",
     )
     p.add_argument("--data", type=Path, nargs="+", required=True, help="preprocess outputs (manifest or folder)")
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, logs and pictures")
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="vit_tiny_patch16", help="encoder name (see realface.models.vit.ENCODERS)")
-    m.add_argument("--img-size", type=int, default=224)
+    m.add_argument("--model", default="vit_tiny_patch16", help="encoder name (see realface.models.encoders.ENCODERS)")
+    m.add_argument("--img-size", type=int, default=224, help="a multiple of the encoder's stride (ViT 16, CNN 32)")
     m.add_argument("--mask", default="crfr-p", help="masking strategy: random, block or crfr-p")
     m.add_argument("--mask-ratio", type=float, default=0.75)
+    m.add_argument("--mask-cell", type=int, default=16,
+                   help="mask cell side in pixels (a ViT's patch; for a CNN 8, 16 or 32)")
     m.add_argument("--decoder-dim", type=int, default=256)
-    m.add_argument("--decoder-depth", type=int, default=4)
-    m.add_argument("--decoder-heads", type=int, default=8)
-    m.add_argument("--no-norm-pix", action="store_true", help="reconstruct raw pixels, not per-patch normalized")
+    m.add_argument("--decoder-depth", type=int, default=4, help="ViT: decoder blocks; CNN: conv blocks per level")
+    m.add_argument("--decoder-heads", type=int, default=8, help="ViT decoder attention heads")
+    m.add_argument("--no-norm-pix", action="store_true", help="reconstruct raw pixels, not per-cell normalized")
     m.add_argument("--region-weight", type=float, default=None, help="extra weight on the fully masked region")
     m.add_argument("--distill-weight", type=float, default=None, help="self-distillation weight, 0 = off")
     m.add_argument("--drop-path", type=float, default=0.0)
@@ -313,6 +316,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         norm_pix_loss=not args.no_norm_pix,
         mask=args.mask,
         mask_ratio=args.mask_ratio,
+        mask_cell=args.mask_cell,
         **overrides,
     )
     history = pretrain(
@@ -341,7 +345,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
         help="fine-tune a forgery (or spoof) detector from a pretrained real-face encoder",
-        description="Train a detector (vit, rffr or competitive) on labelled faces and/or SBI pseudo-fakes; "
+        description="Train a detector (classifier, rffr or competitive) on any encoder, on labelled faces and/or SBI "
+        "pseudo-fakes; "
         "select it on validation AUC and fit its decision threshold on the same validation set.",
     )
     p.add_argument("--data", type=Path, nargs="+", required=True, help="face manifests from preprocess (labelled)")
@@ -349,21 +354,24 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--pretrained", type=Path, default=None, help="a `realface pretrain` run (default: random init)")
     d = p.add_argument_group("detector")
-    d.add_argument("--detector", default="vit", help="vit, rffr or competitive")
-    d.add_argument("--model", default="vit_tiny_patch16", help="encoder when not --pretrained")
-    d.add_argument("--img-size", type=int, default=224, help="input side when not --pretrained")
+    d.add_argument("--detector", default="classifier", help="classifier (old name: vit), rffr or competitive")
+    d.add_argument("--model", default="vit_tiny_patch16",
+                   help="encoder when not --pretrained (realface.models.encoders.ENCODERS: ViTs, resnet18, "
+                        "convnextv2_atto, efficientnet_b0, ...)")
+    d.add_argument("--img-size", type=int, default=224, help="input side when not --pretrained (a multiple of the "
+                   "encoder's stride: 16 for a ViT, 32 for a CNN)")
     d.add_argument("--crop-size", type=int, default=224, help="side of the crops preprocess wrote")
     d.add_argument("--freeze", action="store_true", help="linear probe: train only the head")
     d.add_argument("--pool", choices=("avg", "cls"), default="avg")
     d.add_argument("--drop-path", type=float, default=0.1)
     d.add_argument("--label-smoothing", type=float, default=0.1)
     d.add_argument("--layer-decay", type=float, default=0.75)
-    d.add_argument("--rffr-blocks", type=int, default=4, help="rffr: blocks per side of the patch grid")
+    d.add_argument("--rffr-blocks", type=int, default=4, help="rffr: blocks per side of the MAE's mask grid")
     d.add_argument("--fusion-lambda", type=float, default=1.0, help="competitive: softmax(-lambda * u) fusion")
     d.add_argument("--corr-weight", type=float, default=0.1, help="competitive: decorrelation loss weight")
     d.add_argument("--mask-weight", type=float, default=0.0,
-                   help="vit: weight of the per-patch forgery-mask loss (SBI blend masks, and fake-minus-real "
-                        "differences for fakes whose real shares their group); 0 = no patch head")
+                   help="classifier: weight of the per-cell forgery-mask loss on the encoder's feature map (SBI blend "
+                        "masks, and fake-minus-real differences for fakes whose real shares their group); 0 = no cell head")
     f = p.add_argument_group("training data")
     f.add_argument("--pseudo-fakes", choices=("none", "sbi"), default="none", help="add SBI pseudo-fakes of real faces")
     f.add_argument("--sbi-ratio", type=float, default=1.0, help="SBI fakes per real face (with --pseudo-fakes sbi)")

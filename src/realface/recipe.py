@@ -32,7 +32,7 @@ class RecipeConfig:
 
     crop_size: int = 112  # side of the aligned crops written by preprocess
     img_size: int = 112  # model input side
-    encoder: str = "vit_tiny_patch16"  # encoder size (realface.models.vit.ENCODERS)
+    encoder: str = "vit_tiny_patch16"  # encoder name (realface.models.encoders.ENCODERS)
     utk_shard: tuple[int, int] = (0, 3)  # shard i/n of UTKFace to pretrain on (1/3 = 7.9k faces)
     limit: int | None = None  # at most this many inputs per data set (tiny runs)
     frames: int = 32  # frames per FF++ video when measuring

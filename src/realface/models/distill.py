@@ -1,8 +1,8 @@
 """FSFM instance discrimination by self-distillation (BYOL-style, negative-free).
 
-The student is the MAE encoder on the masked view (visible patches only); the teacher is an EMA copy of
-it that sees the full, unmasked image. Student: pooled visible tokens -> projector -> predictor.
-Teacher: pooled tokens -> EMA copy of the projector. Loss: 2 - 2 * cos(student, teacher), averaged
+The student is the MAE encoder on the masked view (visible part only); the teacher is an EMA copy of
+it that sees the full, unmasked image. Student: features pooled over the visible part -> projector -> predictor.
+Teacher: pooled features (`Encoder.features`) -> EMA copy of the projector. Works on any encoder. Loss: 2 - 2 * cos(student, teacher), averaged
 over the batch (0 when aligned, 4 when opposite). Gradients never reach the teacher; it changes only
 through `update_teacher`.
 """
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from realface.models.vit import ViTEncoder
+from realface.models.encoders import Encoder
 
 
 def momentum_schedule(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
@@ -36,11 +36,6 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
 
-def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """tokens: (N, 1 + L', D), CLS first -> (N, D) mean of the patch tokens (CLS excluded)."""
-    return tokens[:, 1:].mean(dim=1)
-
-
 class SelfDistillation(nn.Module):
     """EMA teacher + projector/predictor heads for the 3C instance-discrimination loss.
 
@@ -49,10 +44,10 @@ class SelfDistillation(nn.Module):
     Owns: projector, predictor (trained) and teacher_encoder, teacher_projector (EMA, requires_grad False).
     """
 
-    def __init__(self, student_encoder: ViTEncoder, proj_dim: int = 256, hidden: int = 1024) -> None:
+    def __init__(self, student_encoder: Encoder, proj_dim: int = 256, hidden: int = 1024) -> None:
         super().__init__()
         object.__setattr__(self, "student", student_encoder)  # not registered (see class docstring)
-        dim = student_encoder.embed_dim
+        dim = student_encoder.out_channels
         self.projector = mlp(dim, hidden, proj_dim)
         self.predictor = mlp(proj_dim, hidden, proj_dim)
         self.teacher_encoder = copy.deepcopy(student_encoder)
@@ -78,12 +73,12 @@ class SelfDistillation(nn.Module):
     @torch.no_grad()
     def teacher_targets(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: (N, 3, H, W), full view -> (N, proj_dim) teacher projections (no gradient)."""
-        return self.teacher_projector(pool_tokens(self.teacher_encoder.forward_features(imgs)))
+        return self.teacher_projector(self.teacher_encoder.features(imgs)[1])
 
-    def forward(self, imgs: torch.Tensor, student_latent: torch.Tensor) -> torch.Tensor:
-        """Loss 2 - 2 cos, a scalar. imgs: (N, 3, H, W) unmasked; student_latent: (N, 1 + L_keep, D), the
-        student encoder's output on the visible patches of the same images (MAEOutput.latent)."""
-        online = self.predictor(self.projector(pool_tokens(student_latent)))  # (N, proj_dim)
+    def forward(self, imgs: torch.Tensor, student_pooled: torch.Tensor) -> torch.Tensor:
+        """Loss 2 - 2 cos, a scalar. imgs: (N, 3, H, W) unmasked; student_pooled: (N, D), the student encoder's
+        features pooled over the visible part of the same images (MAEOutput.pooled)."""
+        online = self.predictor(self.projector(student_pooled))  # (N, proj_dim)
         target = self.teacher_targets(imgs)  # (N, proj_dim)
         cos = F.cosine_similarity(online.float(), target.float(), dim=-1)  # (N,)
         return 2 - 2 * cos.mean()

@@ -13,19 +13,79 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from realface.models.encoders.vit import ViTEncoder, sincos_pos_embed_2d
 from realface.models.masking import mask_to_indices
-from realface.models.vit import ViTEncoder, sincos_pos_embed_2d
 
 
 @dataclass
 class MAEOutput:
-    """Result of one MAE forward pass."""
+    """Result of one MAE forward pass (the ViT's or the CNN's, `realface.models.conv_mae`)."""
 
     loss: torch.Tensor  # () loss_rec + region_weight * loss_region
     loss_rec: torch.Tensor  # () mean per-patch squared error over masked patches
     loss_region: torch.Tensor  # () mean per-patch squared error over the fully masked region's patches (0 if none)
     pred: torch.Tensor  # (N, L, p*p*3) predicted pixels of every patch (per-patch normalized if norm_pix_loss)
-    latent: torch.Tensor  # (N, 1 + L_keep, D) encoder output on the visible patches, CLS first
+    latent: torch.Tensor  # encoder output on the visible part: ViT (N, 1 + L_keep, D), CNN (N, C, h, w)
+    pooled: torch.Tensor  # (N, D) mean of the encoder's features over the visible part (for self-distillation)
+
+
+# --------------------------------------------------------------------------------------------------
+# pixels <-> cells, targets and losses: shared by the ViT MAE and the convolutional one
+
+
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """imgs: (N, 3, H, W) -> (N, L, p*p*3), cells of p x p pixels row-major, pixels (p, p, 3) within a cell."""
+    n, _, h, w = imgs.shape
+    gh, gw = h // p, w // p
+    x = imgs.reshape(n, 3, gh, p, gw, p)  # (N, 3, gh, p, gw, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)  # (N, gh, gw, p, p, 3)
+    return x.reshape(n, gh * gw, p * p * 3)
+
+
+def unpatchify(x: torch.Tensor, p: int, grid: tuple[int, int]) -> torch.Tensor:
+    """x: (N, L, p*p*3) -> imgs (N, 3, gh*p, gw*p); inverse of `patchify`."""
+    gh, gw = grid
+    n = x.shape[0]
+    x = x.reshape(n, gh, gw, p, p, 3)
+    x = torch.einsum("nhwpqc->nchpwq", x)  # (N, 3, gh, p, gw, p)
+    return x.reshape(n, 3, gh * p, gw * p)
+
+
+def cell_target(imgs: torch.Tensor, p: int, norm_pix: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reconstruction target and its per-cell stats: (target, mean, std), each (N, L, p*p*3)/(N, L, 1).
+
+    With norm_pix the target is each cell normalized by its own mean and std; otherwise the cell itself
+    (mean 0, std 1 returned).
+    """
+    patches = patchify(imgs, p)  # (N, L, p*p*3)
+    if not norm_pix:
+        ones = torch.ones_like(patches[..., :1])
+        return patches, torch.zeros_like(ones), ones
+    mean = patches.mean(dim=-1, keepdim=True)  # (N, L, 1)
+    std = (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5  # (N, L, 1)
+    return (patches - mean) / std, mean, std
+
+
+def masked_losses(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, region_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss_rec, loss_region): mean per-cell MSE over masked cells, and over masked region cells.
+
+    pred, target: (N, L, p*p*3); mask, region_mask: (N, L) bool, True = masked / in region.
+    loss_region: per-face mean over the region's masked cells, averaged over all N faces (a face whose
+    region_mask selects nothing counts 0); 0 when region_mask is None.
+    """
+    per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)  # (N, L)
+    m = mask.to(per_patch.dtype)
+    loss_rec = (per_patch * m).sum() / m.sum()
+    if region_mask is None:
+        return loss_rec, per_patch.new_zeros(())
+    # Per face, the mean over its region's cells; then the mean over all N faces (0 for a face without
+    # a region). Normalizing per face, not per batch, keeps the loss the same however a batch is split
+    # across processes (DDP) or accumulation steps.
+    r = (region_mask & mask).to(per_patch.dtype)
+    per_face = (per_patch * r).sum(dim=1) / r.sum(dim=1).clamp(min=1.0)  # (N,)
+    return loss_rec, per_face.mean()
 
 
 class MaskedAutoencoder(nn.Module):
@@ -77,37 +137,26 @@ class MaskedAutoencoder(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # pixels <-> patches
 
+    @property
+    def cell(self) -> int:
+        """Side in pixels of a masking cell: the patch."""
+        return self.encoder.patch_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.encoder.grid
+
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: (N, 3, H, W) -> (N, L, p*p*3), patches row-major, pixels (p, p, 3) within a patch."""
-        p = self.encoder.patch_size
-        gh, gw = self.encoder.grid
-        n = imgs.shape[0]
-        x = imgs.reshape(n, 3, gh, p, gw, p)  # (N, 3, gh, p, gw, p)
-        x = torch.einsum("nchpwq->nhwpqc", x)  # (N, gh, gw, p, p, 3)
-        return x.reshape(n, gh * gw, p * p * 3)
+        return patchify(imgs, self.cell)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, L, p*p*3) -> imgs (N, 3, H, W); inverse of `patchify`."""
-        p = self.encoder.patch_size
-        gh, gw = self.encoder.grid
-        n = x.shape[0]
-        x = x.reshape(n, gh, gw, p, p, 3)
-        x = torch.einsum("nhwpqc->nchpwq", x)  # (N, 3, gh, p, gw, p)
-        return x.reshape(n, 3, gh * p, gw * p)
+        return unpatchify(x, self.cell, self.grid)
 
     def target(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reconstruction target and its per-patch stats: (target, mean, std), each (N, L, p*p*3)/(N, L, 1).
-
-        With norm_pix_loss the target is each patch normalized by its own mean and std; otherwise the
-        patch itself (mean 0, std 1 returned).
-        """
-        patches = self.patchify(imgs)  # (N, L, p*p*3)
-        if not self.norm_pix_loss:
-            ones = torch.ones_like(patches[..., :1])
-            return patches, torch.zeros_like(ones), ones
-        mean = patches.mean(dim=-1, keepdim=True)  # (N, L, 1)
-        std = (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5  # (N, L, 1)
-        return (patches - mean) / std, mean, std
+        """(target, mean, std) per patch: see `cell_target`."""
+        return cell_target(imgs, self.cell, self.norm_pix_loss)
 
     # ----------------------------------------------------------------------------------------------
     # the figure: encoder on visible patches -> decoder on all positions -> loss on masked patches
@@ -131,24 +180,8 @@ class MaskedAutoencoder(nn.Module):
     def forward_loss(
         self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, region_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss_rec, loss_region): mean per-patch MSE over masked patches, and over masked region patches.
-
-        imgs: (N, 3, H, W); pred: (N, L, p*p*3); mask, region_mask: (N, L) bool, True = masked / in region.
-        loss_region: per-face mean over the region's masked patches, averaged over all N faces (a face whose
-        region_mask selects nothing counts 0); 0 when region_mask is None.
-        """
-        target, _, _ = self.target(imgs)
-        per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)  # (N, L)
-        m = mask.to(per_patch.dtype)
-        loss_rec = (per_patch * m).sum() / m.sum()
-        if region_mask is None:
-            return loss_rec, per_patch.new_zeros(())
-        # Per face, the mean over its region's patches; then the mean over all N faces (0 for a face without
-        # a region). Normalizing per face, not per batch, keeps the loss the same however a batch is split
-        # across processes (DDP) or accumulation steps.
-        r = (region_mask & mask).to(per_patch.dtype)
-        per_face = (per_patch * r).sum(dim=1) / r.sum(dim=1).clamp(min=1.0)  # (N,)
-        return loss_rec, per_face.mean()
+        """(loss_rec, loss_region) of predictions (N, L, p*p*3) against the image's patches (`masked_losses`)."""
+        return masked_losses(pred, self.target(imgs)[0], mask, region_mask)
 
     def forward(
         self,
@@ -164,7 +197,9 @@ class MaskedAutoencoder(nn.Module):
         pred = self.forward_decoder(latent, idx.restore_idx)  # (N, L, p*p*3)
         loss_rec, loss_region = self.forward_loss(imgs, pred, mask, region_mask)
         loss = loss_rec + region_weight * loss_region if region_weight else loss_rec
-        return MAEOutput(loss=loss, loss_rec=loss_rec, loss_region=loss_region, pred=pred, latent=latent)
+        return MAEOutput(
+            loss=loss, loss_rec=loss_rec, loss_region=loss_region, pred=pred, latent=latent, pooled=latent[:, 1:].mean(dim=1)
+        )
 
     def reconstruct(self, imgs: torch.Tensor, mask: torch.Tensor, paste_visible: bool = True) -> torch.Tensor:
         """Reconstructed images in the input's space: (N, 3, H, W).

@@ -24,7 +24,6 @@ from realface.errors import RealfaceError
 from realface.eval.metrics import roc_auc
 from realface.eval.report import FaceScore, write_scores_csv
 from realface.models.detectors import DetectorConfig, build_detector
-from realface.models.detectors.base import patch_mask_loss
 from realface.predict import score_batches
 from realface.train import checkpoint as ckpt
 from realface.train.distributed import init_distributed, shutdown_distributed
@@ -34,7 +33,8 @@ from realface.train.schedule import param_groups
 
 VAL_SCORES = "val_scores.csv"  # the selected checkpoint's score of every validation face
 # Detector settings that a pretraining run fixes (see DetectorConfig.for_pretrainer).
-INHERITED = ("name", "encoder", "img_size", "mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix")
+INHERITED = ("name", "encoder", "img_size", "mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix",
+             "mae_mask_cell")
 
 
 def split_records(records: list, split_column: str = "split") -> tuple[list, list]:
@@ -66,12 +66,7 @@ class FinetuneTask:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         core = getattr(model, "module", model)  # the detector inside DDP
         out = model(batch["image"])
-        loss, parts = core.loss(out, batch["label"], self.progress)
-        if "patch_logits" in out.extras:
-            mask = patch_mask_loss(out.extras["patch_logits"], batch["mask"], batch["mask_known"])
-            loss = loss + core.config.mask_weight * mask
-            parts = {**parts, "mask": mask.detach()}
-        return loss, parts
+        return core.loss(out, batch["label"], self.progress, targets=batch)
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         self.progress = (step + 1) / total_steps

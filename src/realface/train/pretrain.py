@@ -19,7 +19,7 @@ from realface.errors import RealfaceError
 from realface.faces.regions import patch_region_fractions
 from realface.models.masking import sample_masks
 from realface.models.pretrainer import ModelConfig, Pretrainer, build_pretrainer
-from realface.models.vit import load_init
+from realface.models.encoders.vit import ViTEncoder, load_init
 from realface.train.distributed import init_distributed, shutdown_distributed
 from realface.train.engine import History, TrainConfig, fit, open_run
 from realface.train.schedule import param_groups
@@ -71,7 +71,7 @@ def save_sample_grid(model: Pretrainer, batch: dict[str, torch.Tensor], pre: Pre
     with torch.no_grad():
         rec_only = model.mae.reconstruct(imgs, mask, paste_visible=False)
         rec = model.mae.reconstruct(imgs, mask, paste_visible=True)
-    p = model.encoder.patch_size
+    p = model.mae.cell
     gh, gw = model.grid
     hidden = mask.view(-1, 1, gh, 1, gw, 1).expand(-1, 1, gh, p, gw, p).reshape(imgs.shape[0], 1, gh * p, gw * p)
     masked = imgs.masked_fill(hidden, float("nan"))
@@ -144,11 +144,12 @@ def pretrain(
         records = load_face_records(data, limit)
         model = build_pretrainer(model_cfg)
         if init is not None and not resume:
+            if not isinstance(model.encoder, ViTEncoder):
+                raise RealfaceError("--init loads ViT checkpoints; a CNN encoder starts from random weights")
             report = load_init(model.encoder, init)
             if dist_info.is_main:
                 print(report)
-        patch = model.encoder.patch_size
-        masker = FaceMasker(model_cfg.mask, model_cfg.mask_ratio, patch, model.grid)
+        masker = FaceMasker(model_cfg.mask, model_cfg.mask_ratio, model.mae.cell, model.grid)
         train_set = PretrainFaces(records, pre, masker, seed=train_cfg.seed, augment=True)
         grid_set = PretrainFaces(records[:GRID_FACES], pre, masker, seed=train_cfg.seed + 1, augment=False)
         run_config = {

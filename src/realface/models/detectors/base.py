@@ -7,18 +7,16 @@ is "fake".
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 
 from realface.errors import RealfaceError
+from realface.models.encoders import Encoder, build_encoder, encoder_info
 from realface.models.explain import gradient_x_input
-from realface.models.vit import ENCODERS, ViTEncoder, build_encoder
 
 if TYPE_CHECKING:
     from realface.models.pretrainer import ModelConfig, Pretrainer
@@ -34,10 +32,10 @@ class DetectorConfig:
     Fields marked (rffr) or (competitive) are read only by that detector and ignored by the others.
     """
 
-    name: str = "vit"  # detector, a name in realface.models.detectors.DETECTORS
-    encoder: str = "vit_tiny_patch16"  # a name in realface.models.vit.ENCODERS (must match the pretrainer's)
-    img_size: int = 224  # input side in pixels, a multiple of the patch size
-    pool: str = "avg"  # "avg": mean of the patch tokens; "cls": the CLS token
+    name: str = "classifier"  # detector, a name in realface.models.detectors.DETECTORS ("vit" is an old alias)
+    encoder: str = "vit_tiny_patch16"  # a name in realface.models.encoders.ENCODERS (must match the pretrainer's)
+    img_size: int = 224  # input side in pixels, a multiple of the encoder's stride
+    pool: str = "avg"  # "avg": mean of the feature map; "cls": a ViT's CLS token
     drop_path: float = 0.1  # stochastic depth rate of the trained encoders
     freeze: bool = False  # linear probe: encoders frozen (eval mode, no grad), only the heads train (vit, rffr)
     label_smoothing: float = 0.1  # label smoothing of the cross-entropy losses
@@ -47,34 +45,33 @@ class DetectorConfig:
     mae_decoder_depth: int = 4  # (rffr) blocks of the frozen MAE's decoder
     mae_decoder_heads: int = 8  # (rffr) attention heads of the frozen MAE's decoder
     mae_norm_pix: bool = True  # (rffr) the MAE predicts per-patch normalized pixels
+    mae_mask_cell: int = 16  # (rffr) the MAE's mask cell in pixels (a ViT's patch); rffr's blocks tile its grid
     fusion_lambda: float = 1.0  # (competitive) branch fusion weights = softmax(-fusion_lambda * (u1, u2))
     corr_weight: float = 0.1  # (competitive) weight of the Pearson decorrelation loss
     edl_weight: float = 1.0  # (competitive) weight of each branch's evidential loss
     edl_anneal: float = 0.5  # (competitive) the EDL KL term ramps 0 -> 1 over this fraction of training; 0 = full at once
-    mask_weight: float = 0.0  # (vit) weight of the per-patch forgery-mask loss; > 0 adds the patch head, 0 = none
+    mask_weight: float = 0.0  # (classifier) weight of the per-cell forgery-mask loss; > 0 adds the cell head, 0 = none
 
     def __post_init__(self) -> None:
-        from realface.models.detectors import DETECTORS  # the registry imports this module
+        from realface.models.detectors import ALIASES, DETECTORS  # the registry imports this module
 
+        object.__setattr__(self, "name", ALIASES.get(self.name, self.name))
         if self.name not in DETECTORS:
             raise RealfaceError(f"unknown detector {self.name!r}; choose one of {', '.join(DETECTORS)}")
-        if self.encoder not in ENCODERS:
-            raise RealfaceError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
-        patch = ENCODERS[self.encoder].patch
-        if self.img_size <= 0 or self.img_size % patch:
-            raise RealfaceError(f"img_size {self.img_size} must be a positive multiple of the patch size {patch}")
-        if self.pool not in POOLS:
-            raise RealfaceError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        info = encoder_info(self.encoder)
+        info.check_size(self.img_size)
+        if self.pool not in POOLS or (self.pool == "cls" and info.family != "vit"):
+            raise RealfaceError(f"pool must be 'avg' (any encoder) or 'cls' (a ViT), got {self.pool!r} for {self.encoder}")
         if not 0.0 <= self.drop_path < 1.0:
             raise RealfaceError(f"drop_path {self.drop_path} must be in [0, 1)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise RealfaceError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         if not 0.0 < self.layer_decay <= 1.0:
             raise RealfaceError(f"layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
-        side = self.img_size // patch
+        side = self.img_size // self.mae_mask_cell
         if self.rffr_blocks < 2 or (self.name == "rffr" and self.rffr_blocks > side):
             raise RealfaceError(
-                f"rffr_blocks {self.rffr_blocks} must be in [2, {side}] (blocks per side of the {side}x{side} patch grid)"
+                f"rffr_blocks {self.rffr_blocks} must be in [2, {side}] (blocks per side of the {side}x{side} grid)"
             )
         for key in ("mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads"):
             if getattr(self, key) <= 0:
@@ -83,15 +80,15 @@ class DetectorConfig:
             raise RealfaceError("fusion_lambda, corr_weight and edl_weight must be >= 0 (0 turns a term off)")
         if not 0.0 <= self.edl_anneal <= 1.0:
             raise RealfaceError(f"edl_anneal {self.edl_anneal} must be a fraction of training in [0, 1]")
-        if self.mask_weight < 0 or (self.mask_weight > 0 and self.name != "vit"):
-            raise RealfaceError(f"mask_weight {self.mask_weight}: a forgery-mask head (> 0) is a 'vit' detector option")
+        if self.mask_weight < 0 or (self.mask_weight > 0 and self.name != "classifier"):
+            raise RealfaceError(f"mask_weight {self.mask_weight}: a forgery-mask head (> 0) is a 'classifier' detector option")
         if self.freeze and self.name == "competitive":
             raise RealfaceError("freeze is not supported by 'competitive': its branches must train to diverge")
 
     @property
     def grid(self) -> tuple[int, int]:
-        side = self.img_size // ENCODERS[self.encoder].patch
-        return side, side
+        """(rows, cols) of the encoder's feature map: the cells of the forgery-mask head and of rffr's blocks."""
+        return encoder_info(self.encoder).grid(self.img_size)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -116,6 +113,7 @@ class DetectorConfig:
             "mae_decoder_depth": model_cfg.decoder_depth,
             "mae_decoder_heads": model_cfg.decoder_heads,
             "mae_norm_pix": model_cfg.norm_pix_loss,
+            "mae_mask_cell": model_cfg.mask_cell,
         }
         return cls.from_dict({**base, **overrides})
 
@@ -144,11 +142,12 @@ class Detector(nn.Module):
         raise NotImplementedError
 
     def loss(
-        self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0
+        self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0, targets: dict | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, parts): the batch's mean loss and its named parts as detached scalars.
 
-        labels: (N,) long, 1 = fake; progress: fraction of training done, in [0, 1] (for annealed terms).
+        labels: (N,) long, 1 = fake; progress: fraction of training done, in [0, 1] (for annealed terms);
+        targets: the batch's other targets, e.g. "mask" (N, L) and "mask_known" (N,) for a cell head.
         """
         raise NotImplementedError
 
@@ -160,14 +159,26 @@ class Detector(nn.Module):
         """A lighter model for inference with the same interface (default: self). calibration: (N, 3, H, W)."""
         return self
 
+    def encoders(self) -> dict[str, Encoder]:
+        """Every encoder inside, by its module path (e.g. "encoder", "branches.0")."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, Encoder) and name}
+
     @property
     def num_layers(self) -> int:
-        """Depth for layer-wise lr decay: patch embedding = 0, block i = i + 1, heads and final norms = depth + 1."""
-        return ENCODERS[self.config.encoder].depth + 1
+        """Depth for layer-wise lr decay: the encoder's stem = 0, ..., heads = the encoder's num_layers."""
+        return next(iter(self.encoders().values())).num_layers
 
     def layer_of(self, param_name: str) -> int:
-        """Layer of a parameter for `realface.train.schedule.param_groups` (see `num_layers`)."""
-        return encoder_layer(param_name, self.num_layers)
+        """Layer of a parameter for `realface.train.schedule.param_groups`: the encoder's own numbering for its
+        parameters, `num_layers` for everything outside an encoder (heads)."""
+        for prefix, encoder in self.encoders().items():
+            if param_name.startswith(prefix + "."):
+                return encoder.layer_of(param_name[len(prefix) + 1 :])
+        return self.num_layers
+
+    def skip_weight_decay(self, param_name: str, param: torch.Tensor) -> bool:
+        """No weight decay on biases, norms, tokens and position embeddings (the encoders' rule, also for heads)."""
+        return Encoder.skip_weight_decay(self, param_name, param)  # type: ignore[arg-type]
 
     def frozen_modules(self) -> list[nn.Module]:
         """Submodules that stay in eval mode and get no gradient."""
@@ -184,28 +195,9 @@ class Detector(nn.Module):
 # shared pieces
 
 
-_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
-_EMBED = ("patch_embed", "cls_token", "pos_embed", "reg_token")
-
-
-def encoder_layer(param_name: str, num_layers: int) -> int:
-    """0 for embeddings, i + 1 for "...blocks.i...", num_layers for everything else (norms, heads)."""
-    match = _BLOCK.search(param_name)
-    if match:
-        return int(match.group(1)) + 1
-    if any(key in param_name for key in _EMBED):
-        return 0
-    return num_layers
-
-
 def fake_margin(logits: torch.Tensor) -> torch.Tensor:
     """logits (N, 2) -> (N,) fake-minus-real logit, the log-odds of "fake"."""
     return logits[:, 1] - logits[:, 0]
-
-
-def pool_tokens(tokens: torch.Tensor, how: str) -> torch.Tensor:
-    """tokens (N, 1 + L, D), CLS first -> (N, D): mean of patch tokens ("avg") or the CLS token ("cls")."""
-    return tokens[:, 1:].mean(dim=1) if how == "avg" else tokens[:, 0]
 
 
 class ClassifierHead(nn.Module):
@@ -250,24 +242,7 @@ def output_from_logits(logits: torch.Tensor, uncertainty: torch.Tensor | None, e
     return DetectorOutput(logits=logits, prob_fake=prob_fake, uncertainty=uncertainty, extras=extras)
 
 
-def load_encoder_state(encoder: ViTEncoder, state: dict[str, torch.Tensor]) -> None:
-    """Copy encoder weights in place (strict); the position embedding is resampled if the grid differs."""
-    state = dict(state)
-    pos, own = state.get("pos_embed"), encoder.pos_embed
-    if pos is not None and pos.shape != own.shape:
-        side = int(round((pos.shape[1] - 1) ** 0.5))
-        if pos.shape[-1] != own.shape[-1] or side * side != pos.shape[1] - 1:
-            raise RealfaceError(f"pos_embed {tuple(pos.shape)} does not fit the encoder's {tuple(own.shape)}")
-        state["pos_embed"] = resample_abs_pos_embed(
-            pos, new_size=list(encoder.grid), old_size=[side, side], num_prefix_tokens=1
-        )
-    try:
-        encoder.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise RealfaceError(f"pretrained encoder weights do not fit {encoder.spec}: {err}") from None
-
-
-def make_encoder(config: DetectorConfig, pretrainer: Pretrainer | None, drop_path: float | None = None) -> ViTEncoder:
+def make_encoder(config: DetectorConfig, pretrainer: Pretrainer | None, drop_path: float | None = None) -> Encoder:
     """A detector encoder: random init without a pretrainer, else a copy of `pretrainer.encoder`'s weights."""
     if pretrainer is not None and pretrainer.config.encoder != config.encoder:
         raise RealfaceError(
@@ -277,7 +252,7 @@ def make_encoder(config: DetectorConfig, pretrainer: Pretrainer | None, drop_pat
     rate = config.drop_path if drop_path is None else drop_path
     encoder = build_encoder(config.encoder, img_size=config.img_size, drop_path=rate)
     if pretrainer is not None:
-        load_encoder_state(encoder, pretrainer.encoder.state_dict())
+        encoder.load_pretrained(pretrainer.encoder.state_dict())
     return encoder
 
 

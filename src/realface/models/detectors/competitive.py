@@ -12,7 +12,7 @@ EDL is the log form of Sensoy et al. 2018 (eq. 4) plus their KL term to the unif
 wrong-class evidence, weighted min(1, progress / edl_anneal).
 DetectorOutput.uncertainty is the fused uncertainty w1 * u1 + w2 * u2: the expected uncertainty under
 the fusion weights (the fused head is trained with CE, so its own evidence is not an EDL quantity).
-`export()` keeps one branch and the shared head as a `vit` detector.
+`export()` keeps one branch and the shared head as a `classifier` detector. Works on any encoder.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ from realface.models.detectors.base import (
     check_progress,
     make_encoder,
     output_from_logits,
-    pool_tokens,
 )
-from realface.models.detectors.vit import ViTDetector
+from realface.models.detectors.classifier import ClassifierDetector
+from realface.models.encoders import Encoder
 from realface.models.pretrainer import Pretrainer
-from realface.models.vit import ViTEncoder
 
 
 def pearson_loss(f1: torch.Tensor, f2: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -94,14 +93,14 @@ def fusion_weights(u: torch.Tensor, lam: float) -> torch.Tensor:
 class CompetitiveDetector(Detector):
     """Two branches, one shared head, uncertainty-weighted fusion (see the module docstring)."""
 
-    def __init__(self, config: DetectorConfig, branch1: ViTEncoder, branch2: ViTEncoder) -> None:
+    def __init__(self, config: DetectorConfig, branch1: Encoder, branch2: Encoder) -> None:
         super().__init__(config)
         self.branches = nn.ModuleList([branch1, branch2])
-        self.head = ClassifierHead(branch1.embed_dim)
+        self.head = ClassifierHead(branch1.out_channels)
 
     def branch_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (N, 3, H, W) -> [f1, f2], pooled features (N, D) of each branch."""
-        return [pool_tokens(branch.forward_features(images), self.config.pool) for branch in self.branches]
+        return [branch.features(images, self.config.pool)[1] for branch in self.branches]
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         f1, f2 = self.branch_features(images)
@@ -113,7 +112,7 @@ class CompetitiveDetector(Detector):
         return output_from_logits(self.head(fused), (w * u).sum(dim=1), extras)
 
     def loss(
-        self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0
+        self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0, targets: dict | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, ex = self.config, output.extras
         check_labels(labels, output.logits.shape[0])
@@ -138,14 +137,14 @@ class CompetitiveDetector(Detector):
         self.train(was_training)
         return int(u.mean(dim=0).argmin())
 
-    def export(self, calibration: torch.Tensor | None = None) -> ViTDetector:
-        """A `vit` detector with copies of one branch (see `choose_branch`) and of the shared head.
+    def export(self, calibration: torch.Tensor | None = None) -> ClassifierDetector:
+        """A `classifier` detector with copies of one branch (see `choose_branch`) and of the shared head.
 
         Its logits equal this model's `logits_b{i+1}`; it reports no uncertainty.
         """
         i = self.choose_branch(calibration)
-        config = dataclasses.replace(self.config, name="vit")
-        exported = ViTDetector(config, copy.deepcopy(self.branches[i]), copy.deepcopy(self.head))
+        config = dataclasses.replace(self.config, name="classifier")
+        exported = ClassifierDetector(config, copy.deepcopy(self.branches[i]), copy.deepcopy(self.head))
         return exported.train(self.training)
 
 

@@ -1,8 +1,9 @@
 """`rffr` (RFFR): classify a face together with what the real-face MAE cannot explain in it.
 
-1. The patch grid is tiled by k*k blocks (`block_ids`). For each block the frozen MAE sees every other
-   patch and reconstructs that block; each patch's reconstruction comes from the variant that masked its
-   block, so it is predicted from its real-face context only.
+1. The MAE's mask grid (a ViT's patches, a CNN MAE's mask cells) is tiled by k*k blocks (`block_ids`): k*k
+   complementary masks. For each block the frozen MAE sees every other cell and reconstructs that block;
+   each cell's reconstruction comes from the variant that masked its block, so every pixel is predicted from
+   its real-face context only. Works with the ViT MAE and the convolutional one alike.
 2. residual = reconstruction - input, in the normalized input space: (N, 3, H, W). With a norm_pix MAE
    the prediction is un-normalized with the patch's own mean and std (as `MaskedAutoencoder.reconstruct`
    does), so the residual shows structure the model cannot explain, not colour.
@@ -12,8 +13,8 @@
    (a 6-channel one would be new or a duplicated guess), and the face and its residual are not mixed
    before the first attention layer (RFFR does the same).
 
-One face costs one batched MAE call of k*k samples. All samples of a batch must mask the same number of
-patches, so when k does not divide the grid (blocks of unequal size) every variant is padded to the
+One face costs one batched MAE call of k*k samples. The ViT MAE needs all samples of a batch to mask the
+same number of patches, so when k does not divide the grid (blocks of unequal size) every variant is padded to the
 largest block by also masking the patches farthest from its block; their predictions are not used, and
 the block's own neighbourhood stays visible. When k divides the grid there is no padding. Cost grows
 with k*k: fewer, larger blocks are faster, smaller blocks leave more context per reconstruction.
@@ -33,13 +34,12 @@ from realface.models.detectors.base import (
     freeze_,
     make_encoder,
     output_from_logits,
-    pool_tokens,
 )
+from realface.models.conv_mae import ConvMaskedAutoencoder
+from realface.models.encoders import Encoder
 from realface.models.explain import normalize_maps
 from realface.models.mae import MaskedAutoencoder
-from realface.models.masking import mask_to_indices
-from realface.models.pretrainer import Pretrainer
-from realface.models.vit import ViTEncoder
+from realface.models.pretrainer import ModelConfig, Pretrainer, build_mae
 
 
 def block_ids(grid: tuple[int, int], k: int) -> torch.Tensor:
@@ -78,37 +78,38 @@ def variant_masks(grid: tuple[int, int], k: int) -> torch.Tensor:
 
 
 def reconstruct_by_blocks(
-    mae: MaskedAutoencoder, images: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor
+    mae: MaskedAutoencoder | ConvMaskedAutoencoder, images: torch.Tensor, masks: torch.Tensor, ids: torch.Tensor
 ) -> torch.Tensor:
-    """Every patch reconstructed by the variant that masked its block: (N, 3, H, W), input space.
+    """Every cell reconstructed by the variant that masked its block: (N, 3, H, W), input space.
 
-    images: (N, 3, H, W); masks: (B, L) bool from `variant_masks`; ids: (L,) from `block_ids`.
+    images: (N, 3, H, W); masks: (B, L) bool from `variant_masks`; ids: (L,) from `block_ids`, on the MAE's grid.
     All N*B variants go through the MAE in one batch.
     """
-    n, b, num = images.shape[0], masks.shape[0], masks.shape[1]
+    n, b = images.shape[0], masks.shape[0]
+    h, w = images.shape[-2:]
     reps = images.unsqueeze(1).expand(n, b, *images.shape[1:]).reshape(n * b, *images.shape[1:])  # (N*B, 3, H, W)
-    idx = mask_to_indices(masks.unsqueeze(0).expand(n, b, num).reshape(n * b, num))
-    latent = mae.forward_encoder(reps, idx.keep_idx)  # (N*B, 1 + L_keep, D)
-    pred = mae.forward_decoder(latent, idx.restore_idx)  # (N*B, L, p*p*3)
-    pred = pred.reshape(n, b, num, -1)
-    own = ids.view(1, 1, num, 1).expand(n, 1, num, pred.shape[-1])  # variant of each patch
-    pred = pred.gather(1, own).squeeze(1).to(images.dtype)  # (N, L, p*p*3)
-    _, mean, std = mae.target(images)  # (N, L, 1) each
-    return mae.unpatchify(pred * std + mean)
+    rec = mae.reconstruct(reps, masks.repeat(n, 1), paste_visible=False).reshape(n, b, 3, h, w)
+    gh, gw = mae.grid
+    own = ids.reshape(gh, gw).repeat_interleave(h // gh, 0).repeat_interleave(w // gw, 1)  # (H, W) variant of each pixel
+    return rec.gather(1, own.view(1, 1, 1, h, w).expand(n, 1, 3, h, w)).squeeze(1).to(images.dtype)
 
 
 class RFFRDetector(Detector):
     """Frozen MAE -> residual; face stream + residual stream -> concatenated features -> head."""
 
     def __init__(
-        self, config: DetectorConfig, mae: MaskedAutoencoder, face_encoder: ViTEncoder, residual_encoder: ViTEncoder
+        self,
+        config: DetectorConfig,
+        mae: MaskedAutoencoder | ConvMaskedAutoencoder,
+        face_encoder: Encoder,
+        residual_encoder: Encoder,
     ) -> None:
         super().__init__(config)
         self.mae = freeze_(mae)
         self.face_encoder = freeze_(face_encoder) if config.freeze else face_encoder
         self.residual_encoder = freeze_(residual_encoder) if config.freeze else residual_encoder
-        self.head = ClassifierHead(face_encoder.embed_dim + residual_encoder.embed_dim)
-        grid = mae.encoder.grid
+        self.head = ClassifierHead(face_encoder.out_channels + residual_encoder.out_channels)
+        grid = mae.grid
         self.register_buffer("block_ids", block_ids(grid, config.rffr_blocks), persistent=False)  # (L,)
         self.register_buffer("variant_masks", variant_masks(grid, config.rffr_blocks), persistent=False)  # (B, L)
 
@@ -123,13 +124,13 @@ class RFFRDetector(Detector):
 
     def forward(self, images: torch.Tensor) -> DetectorOutput:
         residual = self.residual(images)  # (N, 3, H, W)
-        f_face = pool_tokens(self.face_encoder.forward_features(images), self.config.pool)  # (N, D)
-        f_res = pool_tokens(self.residual_encoder.forward_features(residual), self.config.pool)  # (N, D)
+        f_face = self.face_encoder.features(images, self.config.pool)[1]  # (N, D)
+        f_res = self.residual_encoder.features(residual, self.config.pool)[1]  # (N, D)
         features = torch.cat([f_face, f_res], dim=1)  # (N, 2D)
         return output_from_logits(self.head(features), None, {"residual": residual, "features": features})
 
     def loss(
-        self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0
+        self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0, targets: dict | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = ce_loss(output.logits, labels, self.config.label_smoothing)
         return loss, {"ce": loss.detach()}
@@ -139,24 +140,23 @@ class RFFRDetector(Detector):
         return normalize_maps(self.residual(images).abs().mean(dim=1))
 
 
-def build_mae(config: DetectorConfig, pretrainer: Pretrainer | None) -> MaskedAutoencoder:
+def frozen_mae(config: DetectorConfig, pretrainer: Pretrainer | None) -> MaskedAutoencoder | ConvMaskedAutoencoder:
     """The MAE at the detector's input size: random, or the pretrainer's encoder and decoder weights."""
-    mae = MaskedAutoencoder(
-        make_encoder(config, pretrainer, drop_path=0.0),
-        decoder_dim=config.mae_decoder_dim,
-        decoder_depth=config.mae_decoder_depth,
-        decoder_heads=config.mae_decoder_heads,
-        norm_pix_loss=config.mae_norm_pix,
-    )
+    mae = build_mae(ModelConfig(
+        encoder=config.encoder, img_size=config.img_size, decoder_dim=config.mae_decoder_dim,
+        decoder_depth=config.mae_decoder_depth, decoder_heads=config.mae_decoder_heads,
+        norm_pix_loss=config.mae_norm_pix, mask_cell=config.mae_mask_cell, distill_weight=0.0,
+    ))  # fmt: skip
     if pretrainer is None:
         return mae
     src = pretrainer.config
-    if (src.decoder_dim, src.decoder_depth, src.decoder_heads, src.norm_pix_loss) != (
-        config.mae_decoder_dim, config.mae_decoder_depth, config.mae_decoder_heads, config.mae_norm_pix
+    if (src.decoder_dim, src.decoder_depth, src.decoder_heads, src.norm_pix_loss, src.mask_cell) != (
+        config.mae_decoder_dim, config.mae_decoder_depth, config.mae_decoder_heads, config.mae_norm_pix, config.mae_mask_cell
     ):
         raise RealfaceError(
             "the rffr MAE decoder settings differ from the pretrainer's; use DetectorConfig.for_pretrainer"
         )
+    mae.encoder.load_pretrained(pretrainer.encoder.state_dict())
     decoder = {k: v for k, v in pretrainer.mae.state_dict().items() if not k.startswith("encoder.")}
     result = mae.load_state_dict(decoder, strict=False)  # the decoder needs no resizing: its positions are a buffer
     if result.unexpected_keys or any(not k.startswith("encoder.") for k in result.missing_keys):
@@ -166,4 +166,4 @@ def build_mae(config: DetectorConfig, pretrainer: Pretrainer | None) -> MaskedAu
 
 def build_rffr(config: DetectorConfig, pretrainer: Pretrainer | None) -> RFFRDetector:
     face, residual = make_encoder(config, pretrainer), make_encoder(config, pretrainer)
-    return RFFRDetector(config, build_mae(config, pretrainer), face, residual)
+    return RFFRDetector(config, frozen_mae(config, pretrainer), face, residual)

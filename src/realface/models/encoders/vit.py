@@ -1,6 +1,7 @@
 """ViT encoders by name (timm's VisionTransformer, random init) and loading of local checkpoints.
 
-An encoder runs either on all patch tokens (`forward_features`) or on a subset of them
+An encoder runs either on all patch tokens (`forward_features`, or `forward_map` for the `Encoder` contract:
+the patch tokens reshaped to a (N, D, gh, gw) map with a stride of one patch) or on a subset of them
 (`forward_visible`), which is what the masked autoencoder uses: compute scales with the visible fraction.
 Attention is timm's fused `F.scaled_dot_product_attention`.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 
 from realface.errors import RealfaceError
+from realface.models.encoders.base import Encoder, EncoderInfo
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class EncoderSpec:
     mlp_ratio: float = 4.0  # MLP hidden width / D
 
 
-ENCODERS: dict[str, EncoderSpec] = {
+SPECS: dict[str, EncoderSpec] = {
     "vit_tiny_patch16": EncoderSpec(embed_dim=192, depth=12, heads=3, patch=16),
     "vit_small_patch16": EncoderSpec(embed_dim=384, depth=12, heads=6, patch=16),
     "vit_base_patch16": EncoderSpec(embed_dim=768, depth=12, heads=12, patch=16),
@@ -72,7 +75,11 @@ def weights_to_be_loaded() -> Iterator[None]:
         _SKIP_INIT.reset(token)
 
 
-class ViTEncoder(VisionTransformer):
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBED = ("patch_embed", "cls_token", "pos_embed", "reg_token")
+
+
+class ViTEncoder(VisionTransformer, Encoder):
     """timm ViT with a CLS token and learned position embedding, without a classifier head.
 
     Token order everywhere: CLS first, then patches in row-major order of the (gh, gw) patch grid.
@@ -94,6 +101,8 @@ class ViTEncoder(VisionTransformer):
         if self.num_prefix_tokens != 1 or self.no_embed_class or self.dynamic_img_size or self.pos_embed is None:
             raise RealfaceError("realface encoders need exactly one CLS token and a learned absolute pos embed")
         self.spec = spec
+        self.stride = spec.patch
+        self.out_channels = spec.embed_dim
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -104,6 +113,44 @@ class ViTEncoder(VisionTransformer):
     @property
     def patch_size(self) -> int:
         return self.spec.patch
+
+    def forward_map(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) -> (N, D, gh, gw): the patch tokens after the final norm, as a map."""
+        return self.features(images)[0]
+
+    def features(self, images: torch.Tensor, pool: str = "avg") -> tuple[torch.Tensor, torch.Tensor]:
+        """(map (N, D, gh, gw), pooled (N, D)): pool "avg" is the mean of the patch tokens, "cls" the CLS token."""
+        if pool not in ("avg", "cls"):
+            raise RealfaceError(f"pool must be 'avg' or 'cls', got {pool!r}")
+        tokens = self.forward_features(images)  # (N, 1 + L, D)
+        n, _, d = tokens.shape
+        gh, gw = self.grid
+        fmap = tokens[:, 1:].transpose(1, 2).reshape(n, d, gh, gw)
+        return fmap, (tokens[:, 1:].mean(dim=1) if pool == "avg" else tokens[:, 0])
+
+    @property
+    def num_layers(self) -> int:
+        """Patch embedding = 0, block i = i + 1, everything above the blocks = depth + 1."""
+        return self.spec.depth + 1
+
+    def layer_of(self, param_name: str) -> int:
+        match = _BLOCK.search(param_name)
+        if match:
+            return int(match.group(1)) + 1
+        if any(key in param_name for key in _EMBED):
+            return 0
+        return self.num_layers
+
+    def load_pretrained(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy encoder weights in place (strict); the position embedding is resampled if the grid differs."""
+        state = dict(state)
+        pos, own = state.get("pos_embed"), self.pos_embed
+        if pos is not None and pos.shape != own.shape:
+            side = int(round((pos.shape[1] - 1) ** 0.5))
+            if pos.shape[-1] != own.shape[-1] or side * side != pos.shape[1] - 1:
+                raise RealfaceError(f"pos_embed {tuple(pos.shape)} does not fit the encoder's {tuple(own.shape)}")
+            state["pos_embed"] = resample_abs_pos_embed(pos, new_size=list(self.grid), old_size=[side, side], num_prefix_tokens=1)
+        Encoder.load_pretrained(self, state)
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -127,19 +174,12 @@ class ViTEncoder(VisionTransformer):
         return self.norm(x)
 
 
-def build_encoder(name: str, img_size: int = 224, drop_path: float = 0.0, **kw: object) -> ViTEncoder:
-    """A randomly initialised encoder from `ENCODERS` (no download).
+def encoder_from_spec(spec: EncoderSpec, img_size: int = 224, drop_path: float = 0.0, **kw: object) -> ViTEncoder:
+    """A randomly initialised ViT of size `spec` (no download); also for sizes outside the registry (tests).
 
     The learned position embedding starts from the fixed 2D sin-cos table (MAE's choice), which makes
     small-data pretraining converge faster than a random start.
     """
-    if name not in ENCODERS:
-        raise RealfaceError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
-    return encoder_from_spec(ENCODERS[name], img_size=img_size, drop_path=drop_path, **kw)
-
-
-def encoder_from_spec(spec: EncoderSpec, img_size: int = 224, drop_path: float = 0.0, **kw: object) -> ViTEncoder:
-    """Like `build_encoder` for a size outside the registry (e.g. a very small one in tests)."""
     if img_size <= 0 or img_size % spec.patch:
         raise RealfaceError(f"img_size {img_size} must be a positive multiple of the patch size {spec.patch}")
     encoder = ViTEncoder(spec, img_size=img_size, drop_path=drop_path, **kw)
@@ -147,6 +187,16 @@ def encoder_from_spec(spec: EncoderSpec, img_size: int = 224, drop_path: float =
         encoder.pos_embed[0, 1:].copy_(sincos_pos_embed_2d(spec.embed_dim, encoder.grid))
         encoder.pos_embed[0, :1].zero_()
     return encoder
+
+
+def _info(spec: EncoderSpec) -> EncoderInfo:
+    return EncoderInfo(
+        family="vit", stride=spec.patch, channels=spec.embed_dim,
+        build=lambda img_size=224, drop_path=0.0, **kw: encoder_from_spec(spec, img_size, drop_path, **kw),
+    )  # fmt: skip
+
+
+VIT_ENCODERS: dict[str, EncoderInfo] = {name: _info(spec) for name, spec in SPECS.items()}
 
 
 @dataclass(frozen=True)
