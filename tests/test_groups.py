@@ -288,3 +288,28 @@ def test_evaluate_cli_groups_on_real_utkface_faces(tiny_model: Path, utk_sample:
     page = (out / "index.html").read_text()
     for column in ("race", "gender", "age"):
         assert (out / report["files"]["datasets"]["utkface"][f"groups {column}"]).is_file()
+
+
+def test_fairness_benchmark_draws_from_the_shard_preprocess_takes(tiny_model: Path, shared_data: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from realface.faces.media import expand_inputs
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fairness.py"
+    args = [sys.executable, str(script), "--model", str(tiny_model), "--count", "20", "--bootstrap", "50",
+            "--work", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "utkface-shard1of3-n20-seed0"
+    with (folder / "sample.csv").open(newline="") as fh:
+        sample = list(csv.DictReader(fh))
+    shards = [{str(it.path) for it in expand_inputs([shared_data / "utkface" / "manifest.csv"])[i::3]} for i in (0, 1)]
+    assert len(sample) == 20 and {r["path"] for r in sample} <= shards[1] and not {r["path"] for r in sample} & shards[0]
+    text = (folder / "report" / "fairness.md").read_text()
+    report = json.loads((folder / "report" / "metrics.json").read_text())
+    groups = report["datasets"]["utkface-shard1of3-n20-seed0"]["groups"]
+    assert list(groups["columns"]) == ["race", "gender", "age"]  # named by the protocol file the script wrote
+    overall = groups["overall"]
+    assert f"| all faces | 20 | {overall['fpr']:.3f} [" in text and "- overall FPR <= 0.1: **" in text
+    assert text.count("interval included: **") == 3 and text in done.stdout
