@@ -104,7 +104,7 @@ def test_custom_age_bins_and_bad_ones() -> None:
         "unknown", "18-29", "18-29", "30-64", "30-64", "65+"]  # fmt: skip
     assert check_age_bins(["0", "13", "20"]) == (0, 13, 20)
     for bad in ([], [0, 13, 13], [20, 13], [-5, 10], ["a"], [0, 12.5]):
-        with pytest.raises(RealfaceError, match="age bins"):
+        with pytest.raises(RealfaceError, match="age bins must be increasing whole years"):
             check_age_bins(bad)
     with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
         main(["evaluate", "--data", "x.csv", "--out", "r", "--age-bins", "0,20,13"])

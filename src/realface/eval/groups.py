@@ -61,14 +61,12 @@ CODE_TABLES: dict[str, dict[str, dict[str, str]]] = {
 def check_age_bins(edges: Sequence[Any]) -> tuple[int, ...]:
     """Age bin lower edges as a tuple of ints, checked: whole years >= 0, strictly increasing, at least one."""
     try:
-        out = tuple(int(e) for e in edges)
+        years = [float(e) for e in edges]
     except (TypeError, ValueError):
-        raise RealfaceError(f"age bins must be whole years, e.g. 0,13,20,40,60; got {edges!r}") from None
-    if not out or any(e < 0 for e in out) or any(b <= a for a, b in zip(out, out[1:])):
-        raise RealfaceError(f"age bins must be increasing whole years >= 0, e.g. 0,13,20,40,60; got {list(out)}")
-    if any(float(e) != float(x) for e, x in zip(out, edges) if not isinstance(x, str)):
-        raise RealfaceError(f"age bins must be whole years, e.g. 0,13,20,40,60; got {list(edges)}")
-    return out
+        years = [math.nan]
+    if not years or any(not y.is_integer() or y < 0 for y in years) or any(b <= a for a, b in zip(years, years[1:])):
+        raise RealfaceError(f"age bins must be increasing whole years >= 0, e.g. 0,13,20,40,60; got {list(edges)}")
+    return tuple(int(y) for y in years)
 
 
 def age_bin_names(edges: Sequence[int]) -> tuple[str, ...]:
@@ -212,7 +210,8 @@ def group_table(
         yk, sk, uk = y[idx], s[idx], u[idx]
         record: dict[str, Any] = {"n": int(idx.size), "n_real": int((yk == 0).sum()), "n_fake": int(yk.sum())}
         record.update(group_rates(yk, sk, uk, threshold))
-        for b, sub in enumerate(cluster_resamples(idx.size, None if c is None else c[idx], bootstrap, seed + k)):
+        within = None if c is None else c[idx]
+        for b, sub in enumerate(cluster_resamples(idx.size, within, bootstrap, seed + k)):  # a stream per group
             for rate, value in group_rates(yk[sub], sk[sub], uk[sub], threshold).items():
                 if value is not None and record[rate] is not None:
                     draws[rate][k, b] = value
