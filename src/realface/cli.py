@@ -25,6 +25,16 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _age_bins(text: str) -> tuple[int, ...]:
+    """Parse `0,13,20,40,60` (increasing lower edges in whole years) for --age-bins."""
+    from realface.eval.groups import check_age_bins
+
+    try:
+        return check_age_bins(text.split(","))
+    except RealfaceError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluate
 
@@ -44,6 +54,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=32, help="frames per video (raw videos)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--groups", nargs="+", metavar="COLUMN", default=None,
+                   help="manifest columns whose groups get their own error rates, e.g. race gender age "
+                        "(default: as the protocol says; none)")
+    p.add_argument("--age-bins", type=_age_bins, default=None, metavar="EDGES",
+                   help="lower edges of the age ranges of column age, in years (default 0,13,20,40,60)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_evaluate)
@@ -53,10 +68,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from realface.bundle import load_bundle
     from realface.detect import check_device
     from realface.eval.evaluate import evaluate
-    from realface.eval.protocol import Protocol, load_protocol
-    from realface.eval.report import summary_table
+    from realface.eval.protocol import Protocol, load_protocol, with_groups
+    from realface.eval.report import group_summary_lines, summary_table
 
     protocol = load_protocol(args.protocol) if args.protocol else Protocol.from_manifests(args.data)
+    protocol = with_groups(protocol, args.groups, args.age_bins)
     bundle = load_bundle(args.model, check_device(args.device))
     report = evaluate(
         bundle, protocol, args.out, frames=args.frames, batch_size=args.batch_size, bootstrap=args.bootstrap,
@@ -66,6 +82,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(str(c) for c in row))
+    for line in group_summary_lines(report):
+        print(line)
     print(f"report: {args.out / 'index.html'}")
     return 0
 

@@ -3,7 +3,9 @@
 Inputs are face crops written by `realface preprocess` (a manifest with a `landmarks` column: scored as
 they are) or raw images and videos (then found, aligned and cropped by the same face pipeline and crop
 settings the model was trained with, read from its config; images with no detected face are taken as face
-crops, as the shared data sets are). Every face's score lands in scores.csv; see `eval.report`.
+crops, as the shared data sets are). Every face's score lands in scores.csv; see `eval.report`. A dataset
+with group columns (`DatasetSpec.grouping`) carries each face's groups to the report, which gives error
+rates per group (`eval.groups`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def score_dataset_items(
     """FaceScore rows for every face of a dataset, and one message per item that gave none."""
     items = read_dataset(spec)
     crops_given = "landmarks" in read_header(spec.data)
+    groups_of = spec.grouping.groups_of
     rows: list[FaceScore] = []
     problems: list[str] = []
     bar = tqdm(total=len(items), desc=spec.name, unit="item", disable=not progress)
@@ -42,6 +45,7 @@ def score_dataset_items(
                     FaceScore(
                         dataset=spec.name, path=str(it.path), source=it.fields.get("source", ""), frame=it.frame,
                         video=it.video, group=it.group, label=it.label, score=float(p), confidence=float(c),
+                        attributes=groups_of(it.fields),
                     )
                 )  # fmt: skip
             bar.update(len(chunk))
@@ -56,6 +60,7 @@ def score_dataset_items(
                     FaceScore(
                         dataset=spec.name, path=str(it.path), source=str(it.path), frame=f.frame, face=f.face,
                         video=video, group=it.group, label=it.label, score=f.p_fake, confidence=f.confidence,
+                        attributes=groups_of(it.fields),
                     )
                 )  # fmt: skip
             bar.update(1)

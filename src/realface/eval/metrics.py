@@ -12,7 +12,7 @@ one class where a metric needs both) raise `RealfaceError`; no function returns 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -277,6 +277,34 @@ def binary_report(labels: Any, scores: Any, threshold: float) -> dict[str, float
     return report
 
 
+def cluster_resamples(n_samples: int, clusters: Any = None, n: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
+    """Indices of `n` bootstrap resamples of `n_samples` samples: yields (M,) int arrays, M varying.
+
+    clusters: (n_samples,) cluster id per sample (e.g. the video of each frame), or None. With clusters,
+    whole clusters are drawn with replacement (cluster bootstrap: as many draws as there are clusters)
+    and all their samples go in, since frames of one video are not independent; without, samples are drawn.
+    """
+    if int(n_samples) < 1:
+        raise RealfaceError("no samples to resample")
+    if clusters is None:
+        order, starts, sizes = np.arange(n_samples), np.arange(n_samples), np.ones(n_samples, np.int64)
+    else:
+        g = np.asarray(clusters)
+        if g.ndim != 1 or g.size != n_samples:
+            raise RealfaceError(f"groups must be 1-D with one id per sample ({n_samples}), got shape {g.shape}")
+        _, inverse = np.unique(g, return_inverse=True)
+        order = np.argsort(inverse, kind="mergesort")  # samples sorted by cluster
+        sizes = np.bincount(inverse)  # (G,) samples per cluster
+        starts = np.cumsum(sizes) - sizes  # (G,) first position of each cluster in `order`
+    rng = np.random.default_rng(seed)
+    for _ in range(int(n)):
+        picked = rng.integers(0, sizes.size, size=sizes.size)  # (G,) clusters drawn with replacement
+        size_p = sizes[picked]
+        # position j of the resample reads order[starts[cluster] + j - (first j of that cluster)]
+        shift = np.repeat(starts[picked] - (np.cumsum(size_p) - size_p), size_p)
+        yield order[np.arange(size_p.sum()) + shift]
+
+
 def bootstrap_ci(
     metric_fn: MetricFn,
     labels: Any,
@@ -288,35 +316,17 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap (1 - alpha) confidence interval of `metric_fn(labels, scores)`: (low, high).
 
-    groups: (N,) group id per sample (e.g. the video of each frame), or None. With groups, whole
-    groups are drawn with replacement (cluster bootstrap: as many draws as there are groups) and all
-    their samples go in, since frames of one video are not independent; without, samples are drawn.
-    Resamples holding one class only are skipped; fewer than half of `n` usable raises. The interval
-    is the alpha/2 and 1 - alpha/2 quantiles of the metric over the usable resamples.
+    groups: (N,) group id per sample (e.g. the video of each frame), or None: resampled as in
+    `cluster_resamples`. Resamples holding one class only are skipped; fewer than half of `n` usable
+    raises. The interval is the alpha/2 and 1 - alpha/2 quantiles of the metric over the usable resamples.
     """
     y, s = as_binary_inputs(labels, scores)
     if int(n) < 1:
         raise RealfaceError(f"bootstrap needs n >= 1 resamples, got {n}")
     if not 0.0 < float(alpha) < 1.0:
         raise RealfaceError(f"alpha must be in (0, 1), got {alpha}")
-    if groups is None:
-        order, starts, sizes = np.arange(y.size), np.arange(y.size), np.ones(y.size, np.int64)
-    else:
-        g = np.asarray(groups)
-        if g.ndim != 1 or g.size != y.size:
-            raise RealfaceError(f"groups must be 1-D with one id per sample ({y.size}), got shape {g.shape}")
-        _, inverse = np.unique(g, return_inverse=True)
-        order = np.argsort(inverse, kind="mergesort")  # samples sorted by group
-        sizes = np.bincount(inverse)  # (G,) samples per group
-        starts = np.cumsum(sizes) - sizes  # (G,) first position of each group in `order`
-    rng = np.random.default_rng(seed)
     values = []
-    for _ in range(int(n)):
-        picked = rng.integers(0, sizes.size, size=sizes.size)  # (G,) groups drawn with replacement
-        size_p = sizes[picked]
-        # position j of the resample reads order[starts[group] + j - (first j of that group)]
-        shift = np.repeat(starts[picked] - (np.cumsum(size_p) - size_p), size_p)
-        idx = order[np.arange(size_p.sum()) + shift]
+    for idx in cluster_resamples(y.size, groups, n, seed):
         y_b = y[idx]
         if y_b.min() == y_b.max():
             continue

@@ -19,6 +19,10 @@ Per dataset:
   source video of a real clip and its fakes, which holds both labels: a group, not a video).
 - `label_column` ("label"), `positive_labels` (fake, spoof, attack, 1) and `negative_labels`
   (real, original, live, 0): how labels map to 1 = fake and 0 = real, compared in lower case.
+- `groups`: columns whose values are groups of people (e.g. [race, gender, age]): error rates per group
+  (`eval.groups`); `age` is binned into ranges whose lower edges `age_bins` gives (default 0, 13, 20, 40, 60).
+- `codes`: what the codes of a column mean, {column: {code: name}}, or the name of a table in
+  `groups.CODE_TABLES` (e.g. `codes: utkface`); a dataset named like a table gets it by default.
 
 `threshold` (optional): `policy` (a name in `thresholds.THRESHOLD_POLICIES`), its parameters (e.g.
 `fpr: 0.01`), and `fit_on`: the dataset whose frame scores fit it (default: all datasets pooled, which is
@@ -29,11 +33,12 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from realface.errors import RealfaceError
+from realface.eval.groups import CODE_TABLES, DEFAULT_AGE_BINS, Grouping
 from realface.eval.thresholds import THRESHOLD_POLICIES, Threshold, fit_threshold
 from realface.faces.media import VIDEO_SUFFIXES
 
@@ -41,7 +46,8 @@ LEVELS = ("frame", "video")
 DEFAULT_POSITIVE_LABELS: tuple[str, ...] = ("fake", "spoof", "attack", "1")
 DEFAULT_NEGATIVE_LABELS: tuple[str, ...] = ("real", "original", "live", "0")
 _DATASET_KEYS = frozenset(
-    {"data", "filter", "level", "video_column", "group_column", "label_column", "positive_labels", "negative_labels"}
+    {"data", "filter", "level", "video_column", "group_column", "label_column", "positive_labels", "negative_labels",
+     "groups", "codes", "age_bins"}
 )
 _PROTOCOL_KEYS = frozenset({"name", "datasets", "threshold"})
 _THRESHOLD_KEYS = frozenset({"policy", "fit_on"})  # any other key is a parameter of the policy
@@ -67,6 +73,7 @@ class DatasetSpec:
     label_column: str = "label"  # column holding the label names
     positive_labels: tuple[str, ...] = DEFAULT_POSITIVE_LABELS  # lower-case names read as 1 = fake
     negative_labels: tuple[str, ...] = DEFAULT_NEGATIVE_LABELS  # lower-case names read as 0 = real
+    grouping: Grouping = field(default_factory=Grouping)  # columns whose groups get their own error rates
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -155,7 +162,10 @@ class Protocol:
                 ds_name = f"{base}_{k}"
             used.add(ds_name)
             header = read_header(manifest)
-            spec = DatasetSpec(name=ds_name, data=manifest, group_column="group" if "group" in header else None)
+            spec = DatasetSpec(
+                name=ds_name, data=manifest, group_column="group" if "group" in header else None,
+                grouping=Grouping(codes=CODE_TABLES.get(ds_name, {})),
+            )  # fmt: skip
             check_columns(spec, header)
             datasets.append(spec)
         return cls(name=name, datasets=tuple(datasets))
@@ -203,6 +213,7 @@ def check_columns(spec: DatasetSpec, header: Sequence[str]) -> None:
     if spec.group_column:
         needed["group_column"] = spec.group_column
     needed.update({f"filter {c!r}": c for c, _ in spec.filters})
+    needed.update({f"groups {c!r}": c for c in spec.grouping.columns})
     for what, column in needed.items():
         if column not in header:
             raise RealfaceError(
@@ -254,6 +265,14 @@ def _dataset_spec(name: str, raw: Any, base: Path) -> DatasetSpec:
             if not isinstance(raw[key], list):
                 raise RealfaceError(f"dataset {name!r}: {key} must be a list of label names, got {raw[key]!r}")
             labels[key] = tuple(raw[key])
+    try:
+        grouping = Grouping(
+            columns=tuple(_string_list(name, "groups", raw.get("groups", []))),
+            codes=raw.get("codes", CODE_TABLES.get(str(name), {})),
+            age_bins=raw.get("age_bins", DEFAULT_AGE_BINS),
+        )
+    except RealfaceError as err:
+        raise RealfaceError(f"dataset {name!r}: {err}") from None
     spec = DatasetSpec(
         name=str(name),
         data=manifest,
@@ -262,10 +281,33 @@ def _dataset_spec(name: str, raw: Any, base: Path) -> DatasetSpec:
         video_column=_optional_str(name, "video_column", raw.get("video_column")),
         group_column=_optional_str(name, "group_column", raw.get("group_column")),
         label_column=_optional_str(name, "label_column", raw.get("label_column")) or "label",
+        grouping=grouping,
         **labels,
     )
     check_columns(spec, read_header(manifest))
     return spec
+
+
+def _string_list(name: str, key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RealfaceError(f"dataset {name!r}: {key} must be a list of column names, e.g. [race, age], got {value!r}")
+    return value
+
+
+def with_groups(protocol: Protocol, columns: Sequence[str] | None, age_bins: Sequence[int] | None) -> Protocol:
+    """`protocol` with every dataset grouped by `columns` and/or its ages binned at `age_bins` (None: as
+    the protocol says); raises when a dataset's manifest lacks one of the columns."""
+    datasets = []
+    for spec in protocol.datasets:
+        grouping = spec.grouping
+        if columns is not None:
+            grouping = replace(grouping, columns=tuple(columns))
+        if age_bins is not None:
+            grouping = replace(grouping, age_bins=tuple(age_bins))
+        spec = replace(spec, grouping=grouping)
+        check_columns(spec, read_header(spec.data))
+        datasets.append(spec)
+    return replace(protocol, datasets=tuple(datasets))
 
 
 def _threshold_spec(raw: Any) -> ThresholdSpec | None:

@@ -1,12 +1,17 @@
 """Evaluation reports from already computed face scores: CSV, metrics.json, Markdown, plots and HTML.
 
 `write_report(rows, out_dir, threshold=..., band=..., model_info=...)` writes into `out_dir`:
-- `scores.csv`: every face's score, so any other metric can be computed later (`read_scores_csv`);
+- `scores.csv`: every face's score, so any other metric can be computed later (`read_scores_csv`), and
+  its group in each group column (`by:COLUMN`);
 - `metrics.json`: per dataset, frame level and video level (three aggregations), `metrics.binary_report`
   plus bootstrap 95% intervals of AUC, EER and AP, ECE, and the coverage/accuracy of the confident band;
-- `report.md`: a summary table across datasets, then a table per dataset (frame and video level);
-- `plots/`: per dataset a ROC curve, score histograms with the threshold, coverage against accuracy;
-  one reliability diagram of all faces;
+  for faces with groups (`FaceScore.attributes`), "groups": rates per group of each column with intervals
+  and the largest gaps (`groups.group_table`), and the same rates over all faces;
+- `report.md`: a summary table across datasets, then a table per dataset (frame and video level) and one
+  per group column;
+- `plots/`: per dataset a ROC curve, score histograms with the threshold, coverage against accuracy, a bar
+  chart of the rates per group of each group column with interval whiskers; one reliability diagram of all
+  faces;
 - `errors/`: thumbnails of the hardest false positives and false negatives of each dataset;
 - `index.html`: one page showing all of the above (images referenced relatively).
 
@@ -24,7 +29,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +39,7 @@ import numpy as np
 from realface.errors import RealfaceError
 from realface.eval.aggregate import AGGREGATIONS, aggregate_labels, aggregate_scores
 from realface.eval.calibration import expected_calibration_error, plot_reliability_diagram
+from realface.eval.groups import RATE_TITLES, RATES, UNKNOWN, group_table
 from realface.eval.metrics import (
     accuracy,
     apcer,
@@ -60,6 +66,7 @@ VERDICTS = (REAL, FAKE, UNCERTAIN)
 SCORE_COLUMNS = (
     "dataset", "path", "source", "frame", "face", "video", "group", "label", "score", "confidence", "verdict",
 )
+ATTRIBUTE_PREFIX = "by:"  # scores.csv column of a face's group in a group column: by:race, by:age, ...
 HARDEST_K = 8  # hardest false positives / negatives shown per dataset
 THUMB_SIZE = 128  # thumbnails fit in THUMB_SIZE x THUMB_SIZE pixels
 CI_ALPHA = 0.05  # 95% intervals
@@ -102,6 +109,8 @@ class FaceScore:
     score: float  # p(fake) in [0, 1]
     confidence: float | None = None  # in [0, 1] (e.g. 1 - u); None: distance to the threshold
     verdict: str = ""  # "real", "fake", "uncertain"; "" = not decided yet (see `complete_scores`)
+    # the face's group per group column, e.g. {"race": "Asian", "age": "20-39"} (see `groups.Grouping`)
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"face {self.path!r} of {self.dataset!r}"
@@ -121,6 +130,11 @@ class FaceScore:
         object.__setattr__(self, "face", int(self.face))
         if self.verdict not in ("", *VERDICTS):
             raise RealfaceError(f"{where}: verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+        if not isinstance(self.attributes, Mapping) or not all(
+            isinstance(k, str) and k and isinstance(v, str) for k, v in self.attributes.items()
+        ):
+            raise RealfaceError(f"{where}: attributes must map column names to group names, got {self.attributes!r}")
+        object.__setattr__(self, "attributes", dict(self.attributes))
 
 
 def scores_from_table(table: Any) -> list[FaceScore]:
@@ -176,14 +190,17 @@ def complete_scores(rows: Sequence[FaceScore], threshold: float | Threshold, ban
 
 
 def write_scores_csv(rows: Sequence[FaceScore], path: Path) -> Path:
-    """Write rows as CSV with `SCORE_COLUMNS` (scores with full float precision)."""
+    """Write rows as CSV with `SCORE_COLUMNS` (scores with full float precision), then a `by:COLUMN`
+    column per group column any row has (empty where a row has none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    group_columns = list(dict.fromkeys(k for r in rows for k in r.attributes))
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(SCORE_COLUMNS)
+        writer.writerow([*SCORE_COLUMNS, *(ATTRIBUTE_PREFIX + c for c in group_columns)])
         for r in rows:
             writer.writerow(["" if getattr(r, c) is None else repr(getattr(r, c)) if c in ("score", "confidence")
-                             else getattr(r, c) for c in SCORE_COLUMNS])
+                             else getattr(r, c) for c in SCORE_COLUMNS]
+                            + [r.attributes.get(c, "") for c in group_columns])
     return path
 
 
@@ -203,6 +220,8 @@ def read_scores_csv(path: Path) -> list[FaceScore]:
                     label=int(row["label"]), score=float(row["score"]),
                     confidence=float(row["confidence"]) if row.get("confidence") else None,
                     verdict=row.get("verdict") or "",
+                    attributes={k[len(ATTRIBUTE_PREFIX):]: v for k, v in row.items()
+                                if k and k.startswith(ATTRIBUTE_PREFIX) and v},
                 ))
             except ValueError as err:
                 raise RealfaceError(f"{path}:{line}: {err}") from None
@@ -344,8 +363,8 @@ def dataset_metrics(
 ) -> dict:
     """All metrics of one dataset's rows (missing confidences filled in by `complete_scores`).
 
-    {"frame": `level_metrics` of the faces, "video": `video_level` or None, "notes": [...]}; frame-level
-    intervals resample groups, else videos, else faces.
+    {"frame": `level_metrics` of the faces, "video": `video_level` or None, "groups": `group_metrics` or
+    None, "notes": [...]}; frame-level and per-group intervals resample groups, else videos, else faces.
     """
     t = float(threshold)
     rows = complete_scores(rows, t, band)
@@ -358,7 +377,31 @@ def dataset_metrics(
     frame["resampled"] = "faces" if clusters is None else "groups" if has_groups else "videos"
     video = video_level(rows, t, band, bootstrap=bootstrap, seed=seed)
     notes = [] if video is not None else ["no video ids: video-level metrics are not computed"]
-    return {"frame": frame, "video": video, "notes": notes}
+    groups = group_metrics(rows, t, clusters, bootstrap=bootstrap, seed=seed)
+    return {"frame": frame, "video": video, "groups": groups, "notes": notes}
+
+
+def group_metrics(
+    rows: Sequence[FaceScore], threshold: float, clusters: np.ndarray | None, *, bootstrap: int = 1000, seed: int = 0
+) -> dict | None:
+    """Face-level rates per group of each group column the rows have (`FaceScore.attributes`); None if none.
+
+    {"overall": the rates of all faces (`groups.group_table`'s record of one group), "columns": {column:
+    `groups.group_table`}}; a row without a value in a column is in its UNKNOWN group. Rows need verdicts.
+    """
+    columns = list(dict.fromkeys(k for r in rows for k in r.attributes))
+    if not columns:
+        return None
+    y = np.array([r.label for r in rows], dtype=np.int64)
+    s = np.array([r.score for r in rows])
+    u = np.array([r.verdict == UNCERTAIN for r in rows])
+    t = float(threshold)
+
+    def table(groups: list[str]) -> dict:
+        return group_table(y, s, u, groups, t, clusters, bootstrap=bootstrap, alpha=CI_ALPHA, seed=seed)
+
+    overall = table(["all faces"] * len(rows))["groups"]["all faces"]
+    return {"overall": overall, "columns": {c: table([r.attributes.get(c, UNKNOWN) for r in rows]) for c in columns}}
 
 
 def hardest_errors(
@@ -434,6 +477,44 @@ def summary_table(datasets: Mapping[str, Mapping[str, Any]]) -> tuple[list[str],
     return header, rows
 
 
+def _rate_cell(record: Mapping[str, Any], rate: str) -> str:
+    ci = record["ci"][rate]
+    text = fmt(record[rate])
+    return f"{text} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci and record[rate] is not None else text
+
+
+def _gap_cell(gap: Mapping[str, Any] | None) -> str:
+    if gap is None:
+        return "n/a"
+    ci = gap["ci"]
+    interval = f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+    return f"{fmt(gap['value'])}{interval} ({gap['highest']} - {gap['lowest']})"
+
+
+def group_grid(groups: Mapping[str, Any], column: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of one group column's table: all faces, each group, then the largest gap per rate."""
+    header = [column, "n (fake / real)", *(f"{RATE_TITLES[r]} [95% CI]" for r in RATES)]
+    table = groups["columns"][column]
+    records = [("all faces", groups["overall"]), *table["groups"].items()]
+    rows = [[name, f"{r['n']} ({r['n_fake']} / {r['n_real']})", *(_rate_cell(r, m) for m in RATES)]
+            for name, r in records]
+    rows.append(["largest gap (highest - lowest)", "", *(_gap_cell(table["gaps"][m]) for m in RATES)])
+    return header, rows
+
+
+def group_summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """One line per dataset and group column: the false-positive-rate gap and the groups it lies between."""
+    lines = []
+    for name, m in report["datasets"].items():
+        if not m.get("groups"):
+            continue
+        overall = m["groups"]["overall"]
+        lines.append(f"{name}: FPR {_rate_cell(overall, 'fpr')}, uncertain {_rate_cell(overall, 'uncertain')}")
+        for column, table in m["groups"]["columns"].items():
+            lines.append(f"{name}: FPR gap across {column}: {_gap_cell(table['gaps']['fpr'])}")
+    return lines
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -457,6 +538,17 @@ def _all_notes(metrics: Mapping[str, Any]) -> list[str]:
     return notes
 
 
+def _group_notes(groups: Mapping[str, Any], column: str) -> list[str]:
+    return [f"{column}: {n}" for n in groups["columns"][column]["notes"]]
+
+
+GROUPS_INTRO = (
+    "Faces per group of people at the threshold: FPR = share of real faces called fake (score >= threshold, "
+    "uncertain or not), FNR = share of fakes called real, uncertain = share of verdicts \"uncertain\"; "
+    "intervals resample {resampled} within each group; a gap's interval is that of the gap itself."
+)
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md: threshold, summary table, then a table and notes per dataset."""
     t = report["threshold"]
@@ -470,6 +562,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"## {name}", "", markdown_table(m), ""]
         lines += [f"- {n}" for n in _all_notes(m)]
         lines += [""] if _all_notes(m) else []
+        groups = m.get("groups")
+        if groups:
+            lines += [f"### {name}: groups of people", "", GROUPS_INTRO.format(resampled=m["frame"]["resampled"]), ""]
+            for column in groups["columns"]:
+                lines += [markdown_grid(*group_grid(groups, column)), ""]
+                lines += [f"- {n}" for n in _group_notes(groups, column)]
+                lines += [""] if _group_notes(groups, column) else []
     return "\n".join(lines)
 
 
@@ -545,6 +644,36 @@ def plot_coverage(labels: np.ndarray, scores: np.ndarray, confidences: np.ndarra
     ax.set_xlabel("coverage (decided, not uncertain)")
     ax.set_ylabel("accuracy of decided faces")
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_group_rates(table: Mapping[str, Any], path: Path, title: str) -> Path:
+    """Bars of FPR, FNR and the uncertain share per group (`groups.group_table`), with 95% interval
+    whiskers; rates no group has are left out, a group's n/a bar is absent."""
+    names = list(table["groups"])
+    rates = [m for m in ("fpr", "fnr", "uncertain") if any(r[m] is not None for r in table["groups"].values())]
+    fig = _figure(max(5.5, 2.5 + 0.45 * len(names) * max(1, len(rates))), 3.5)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(rates))
+    colors = {"fpr": "tab:blue", "fnr": "tab:red", "uncertain": "tab:gray"}
+    for j, rate in enumerate(rates):
+        xs, heights, low, high = [], [], [], []
+        for k, name in enumerate(names):
+            r = table["groups"][name]
+            if r[rate] is None:
+                continue
+            ci = r["ci"][rate] or [r[rate], r[rate]]
+            xs.append(k + (j - (len(rates) - 1) / 2) * width)
+            heights.append(r[rate])
+            low.append(max(0.0, r[rate] - ci[0]))
+            high.append(max(0.0, ci[1] - r[rate]))
+        ax.bar(xs, heights, width, yerr=[low, high], capsize=3, color=colors[rate], label=RATE_TITLES[rate])
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{n}\n({table['groups'][n]['n']})" for n in names], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction (95% CI)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
@@ -640,6 +769,14 @@ def render_html(report: Mapping[str, Any]) -> str:
         notes = _all_notes(m)
         if notes:
             parts.append("<ul>" + "".join(f"<li>{_h(n)}</li>" for n in notes) + "</ul>")
+        groups = m.get("groups")
+        if groups:
+            parts += [f"<h3>{_h(name)}: groups of people</h3>",
+                      f"<p>{_h(GROUPS_INTRO.format(resampled=m['frame']['resampled']))}</p>"]
+            for column in groups["columns"]:
+                parts.append(html_table(*group_grid(groups, column)))
+                if _group_notes(groups, column):
+                    parts.append("<ul>" + "".join(f"<li>{_h(n)}</li>" for n in _group_notes(groups, column)) + "</ul>")
         parts += [f'<img class="plot" src="{_src(rel)}" alt="{_h(kind)}">' for kind, rel in plots.items()]
         parts.append(_html_errors(m["hardest_errors"]))
     links = " &middot; ".join(
@@ -703,6 +840,10 @@ def _dataset_plots(rows: Sequence[FaceScore], metrics: Mapping[str, Any], thresh
     plot_histograms(curves, threshold, out_dir / files["histogram"], name)
     files["coverage"] = f"plots/{slug}_coverage.png"
     plot_coverage(y, s, c, threshold, band, out_dir / files["coverage"], f"{name}: coverage vs accuracy (faces)")
+    groups = metrics.get("groups") or {"columns": {}}
+    for column, column_slug in _slugs(list(groups["columns"])).items():
+        files[f"groups {column}"] = f"plots/{slug}_groups_{column_slug}.png"
+        plot_group_rates(groups["columns"][column], out_dir / files[f"groups {column}"], f"{name}: by {column}")
     return files
 
 
