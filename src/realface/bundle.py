@@ -43,6 +43,7 @@ class Decision:
     confidence: str = "distance"  # "distance" from the threshold, or "evidential" (1 - uncertainty)
     policy: str = "fixed"  # how the threshold was chosen (eer, max_balanced_accuracy, target_fpr, fixed)
     val: dict[str, Any] = field(default_factory=dict)  # validation numbers behind it
+    params: dict[str, Any] = field(default_factory=dict)  # the policy's parameters, e.g. {"fpr": 0.01}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Decision":
@@ -56,6 +57,7 @@ class Decision:
             confidence=str(data.get("confidence", "distance")),
             policy=policy,
             val=dict(data.get("val", {})),
+            params=dict(threshold.get("params", {})) if isinstance(threshold, dict) else {},
         )
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
@@ -68,7 +70,7 @@ class Decision:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "threshold": {"value": self.threshold, "policy": self.policy, "params": {}},
+            "threshold": {"value": self.threshold, "policy": self.policy, "params": dict(self.params)},
             "temperature": self.temperature,
             "band": self.band,
             "confidence": self.confidence,

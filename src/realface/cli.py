@@ -395,7 +395,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--sbi-ratio", type=float, default=1.0, help="SBI fakes per real face (with --pseudo-fakes sbi)")
     f.add_argument("--no-labelled-fakes", action="store_true", help="train on real faces + pseudo-fakes only")
     f.add_argument("--no-augment", action="store_true", help="no in-the-wild augmentation")
-    f.add_argument("--threshold-policy", default="eer", help="eer, max_balanced_accuracy or target_fpr")
+    f.add_argument("--threshold-policy", default="eer",
+                   help="eer, max_balanced_accuracy or target_fpr (with --target-fpr)")
+    f.add_argument("--target-fpr", type=float, default=None,
+                   help="target_fpr: the highest false-positive rate allowed on validation, e.g. 0.01")
     _add_train_arguments(p, epochs=5, batch=64, blr=5e-4, wd=0.05)
     p.set_defaults(handler=_run_finetune)
 
@@ -429,6 +432,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         sbi_ratio=args.sbi_ratio if args.pseudo_fakes == "sbi" else 0.0,
         augment=not args.no_augment,
         threshold_policy=args.threshold_policy,
+        threshold_params={"fpr": args.target_fpr} if args.target_fpr is not None else None,
         crop_size=args.crop_size,
         resume=args.resume,
         device=args.device,

@@ -27,23 +27,7 @@ from realface.data.faceset import Preprocessing, read_face, to_tensor
 from realface.data.forgery_mask import pair_difference_map, patch_targets
 from realface.data.sbi import SBIConfig, self_blend
 from realface.errors import RealfaceError
-
-# Manifest labels understood by every command; anything else is an error that names the label.
-NEGATIVE_LABELS = frozenset({"real", "original", "live", "bonafide", "bona fide", "genuine", "0"})
-POSITIVE_LABELS = frozenset({"fake", "spoof", "attack", "deepfake", "manipulated", "synthetic", "1"})
-
-
-def label_to_int(label: str) -> int:
-    """'real'/'live'/... -> 0, 'fake'/'spoof'/... -> 1 (case-insensitive)."""
-    key = str(label).strip().lower()
-    if key in NEGATIVE_LABELS:
-        return 0
-    if key in POSITIVE_LABELS:
-        return 1
-    raise RealfaceError(
-        f"unknown label {label!r}: use one of {sorted(NEGATIVE_LABELS)} for real or {sorted(POSITIVE_LABELS)} for fake"
-    )
-
+from realface.labels import label_to_int
 
 @dataclass(frozen=True)
 class Item:
@@ -53,10 +37,10 @@ class Item:
     partner: object | None = None  # (labelled fakes) the real record it was made from, when known
 
 
-def _pair_key(record) -> tuple[str, int, str] | None:
+def _pair_key(record) -> tuple[str, int, int] | None:
     """(group, frame, face) that a fake shares with the real it was made from; None without a group."""
     group = record.extra.get("group") or ""
-    return (group, record.frame, record.extra.get("face") or "0") if group else None
+    return (group, record.frame, record.face) if group else None
 
 
 def build_items(

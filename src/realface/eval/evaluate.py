@@ -91,7 +91,7 @@ def evaluate(
         problems.extend(ds_problems)
         scored[spec.name] = (np.array([r.label for r in ds_rows]), np.array([r.score for r in ds_rows]))
     d = bundle.decision
-    stored = Threshold(value=float(d.threshold), policy=d.policy if d.policy != "fixed" else "eer")
+    stored = Threshold(value=float(d.threshold), policy=d.policy, params=dict(d.params))
     threshold, source = resolve_threshold(protocol, scored, stored)
     report = write_report(
         rows, out, threshold=threshold, band=d.band, model_info=bundle.info(), bootstrap=bootstrap,

@@ -17,7 +17,7 @@ Per dataset:
   hold one label. Without it, a row with `frame >= 0` (a preprocess manifest) belongs to its `source`.
 - `group_column`: the column naming each row's cluster for bootstrap resampling (e.g. DFDC's `group`, the
   source video of a real clip and its fakes, which holds both labels: a group, not a video).
-- `label_column` ("label"), `positive_labels` (fake, spoof, attack, 1) and `negative_labels`
+- `label_column` ("label"), `positive_labels` (fake, spoof, attack, deepfake, ... 1) and `negative_labels`
   (real, original, live, 0): how labels map to 1 = fake and 0 = real, compared in lower case.
 - `groups`: columns whose values are groups of people (e.g. [race, gender, age]): error rates per group
   (`eval.groups`); `age` is binned into ranges whose lower edges `age_bins` gives (default 0, 13, 20, 40, 60).
@@ -41,10 +41,11 @@ from realface.errors import RealfaceError
 from realface.eval.groups import CODE_TABLES, DEFAULT_AGE_BINS, Grouping
 from realface.eval.thresholds import THRESHOLD_POLICIES, Threshold, fit_threshold
 from realface.faces.media import VIDEO_SUFFIXES
+from realface.labels import NEGATIVE_LABELS, POSITIVE_LABELS
 
 LEVELS = ("frame", "video")
-DEFAULT_POSITIVE_LABELS: tuple[str, ...] = ("fake", "spoof", "attack", "1")
-DEFAULT_NEGATIVE_LABELS: tuple[str, ...] = ("real", "original", "live", "0")
+DEFAULT_POSITIVE_LABELS: tuple[str, ...] = POSITIVE_LABELS  # the package's one vocabulary (realface.labels)
+DEFAULT_NEGATIVE_LABELS: tuple[str, ...] = NEGATIVE_LABELS
 _DATASET_KEYS = frozenset(
     {"data", "filter", "level", "video_column", "group_column", "label_column", "positive_labels", "negative_labels",
      "groups", "codes", "age_bins"}

@@ -66,6 +66,7 @@ def _target_fpr_policy(labels: np.ndarray, scores: np.ndarray, fpr: float) -> fl
     return _above_all(scores) if k == 0 else float(thresholds[k])
 
 
+FIXED = "fixed"  # a threshold set by hand (or a default), not fitted: a policy name a `Threshold` may carry
 THRESHOLD_POLICIES: dict[str, Callable[..., float]] = {
     "eer": _eer_policy,
     "max_balanced_accuracy": _max_balanced_accuracy_policy,
@@ -85,8 +86,8 @@ class Threshold:
         if not isinstance(self.value, numbers.Real) or not np.isfinite(self.value):
             raise RealfaceError(f"threshold value must be a finite number, got {self.value!r}")
         object.__setattr__(self, "value", float(self.value))  # plain float, JSON-ready
-        if self.policy not in THRESHOLD_POLICIES:
-            choices = ", ".join(THRESHOLD_POLICIES)
+        if self.policy not in THRESHOLD_POLICIES and self.policy != FIXED:
+            choices = ", ".join([*THRESHOLD_POLICIES, FIXED])
             raise RealfaceError(f"unknown threshold policy {self.policy!r}; choose one of {choices}")
         for key, v in self.params.items():
             if not isinstance(key, str) or not isinstance(v, (int, float, str, bool)):
@@ -108,24 +109,28 @@ class Threshold:
             raise RealfaceError(f"not a threshold record (needs value, policy, params): {data!r}") from e
 
 
+def check_threshold_policy(policy: str, **params: float) -> None:
+    """Raise RealfaceError unless `policy` names a policy that takes exactly `params` (checked before any data)."""
+    if policy not in THRESHOLD_POLICIES:
+        raise RealfaceError(f"unknown threshold policy {policy!r}; choose one of {', '.join(THRESHOLD_POLICIES)}")
+    fn = THRESHOLD_POLICIES[policy]
+    wanted = [p for p in inspect.signature(fn).parameters if p not in ("labels", "scores")]
+    if sorted(wanted) != sorted(params):
+        raise RealfaceError(f"threshold policy {policy!r} takes parameters {wanted or 'none'}, got {sorted(params) or 'none'}")
+    fpr = params.get("fpr")
+    if fpr is not None and not 0.0 < float(fpr) < 1.0:
+        raise RealfaceError(f"target FPR {fpr} must be a fraction in (0, 1), e.g. 0.01")
+
+
 def fit_threshold(labels: Any, scores: Any, policy: str = "eer", **params: float) -> Threshold:
     """Fit the decision threshold on validation labels (N,) and scores (N,) by a named policy.
 
     policy: "eer" (where FPR = FNR), "max_balanced_accuracy", or "target_fpr" with `fpr=` (highest
     TPR with FPR <= fpr on these data). Needs both classes.
     """
-    if policy not in THRESHOLD_POLICIES:
-        raise RealfaceError(f"unknown threshold policy {policy!r}; choose one of {', '.join(THRESHOLD_POLICIES)}")
-    fn = THRESHOLD_POLICIES[policy]
+    check_threshold_policy(policy, **params)
     y, s = as_binary_inputs(labels, scores)
-    try:
-        inspect.signature(fn).bind(y, s, **params)
-    except TypeError:
-        wanted = [p for p in inspect.signature(fn).parameters if p not in ("labels", "scores")]
-        raise RealfaceError(
-            f"threshold policy {policy!r} takes parameters {wanted or 'none'}, got {sorted(params) or 'none'}"
-        ) from None
-    return Threshold(value=fn(y, s, **params), policy=policy, params=dict(params))
+    return Threshold(value=THRESHOLD_POLICIES[policy](y, s, **params), policy=policy, params=dict(params))
 
 
 # ---------------------------------------------------------------------------------------------

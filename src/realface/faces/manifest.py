@@ -36,6 +36,7 @@ class FaceRecord:
     label: str = ""
     source: str = ""  # the image or video it came from
     frame: int = -1  # video frame index; -1 for an image
+    face: int = 0  # index of the face within its frame or image (preprocess numbers them 0, 1, ...)
     extra: dict[str, str] = field(default_factory=dict)  # other columns carried from the input manifest
     offset: int = -1  # byte offset of the JPEG inside `path` when `path` is a tar shard; -1 = a plain file
     size: int = 0  # byte size of that JPEG
@@ -59,6 +60,7 @@ def _read_csv(path: Path) -> list[FaceRecord]:
             try:
                 landmarks = parse_landmarks(row["landmarks"]) if row.get("landmarks") else None
                 frame = int(row.get("frame") or -1)
+                face = int(row.get("face") or 0)
             except ValueError as err:
                 raise RealfaceError(f"{path}:{line}: {err}") from None
             records.append(
@@ -68,6 +70,7 @@ def _read_csv(path: Path) -> list[FaceRecord]:
                     label=row.get("label") or "",
                     source=row.get("source") or "",
                     frame=frame,
+                    face=face,
                     extra={k: v or "" for k, v in row.items() if k not in _FIXED and k is not None},
                 )
             )
@@ -93,6 +96,7 @@ def _read_tar(path: Path) -> list[FaceRecord]:
                         label=str(meta.get("label") or ""),
                         source=str(meta.get("source") or ""),
                         frame=int(meta.get("frame") or -1),
+                        face=int(meta.get("face") or 0),
                         extra={k: str(v) for k, v in meta.items() if k not in _FIXED},
                         offset=image.offset_data,
                         size=image.size,

@@ -93,7 +93,7 @@ def val_face_scores(val_set: DetectionFaces, probs: np.ndarray, uncertainty: np.
         rec = item.record
         path = f"{rec.path}#{rec.offset}" if rec.offset >= 0 else str(rec.path)  # a face inside a tar shard
         rows.append(FaceScore(
-            dataset="val", path=path, source=rec.source, frame=rec.frame, face=int(rec.extra.get("face") or 0),
+            dataset="val", path=path, source=rec.source, frame=rec.frame, face=rec.face,
             video=rec.source if rec.frame >= 0 else "", group=rec.extra.get("group") or "", label=item.label,
             score=float(probs[i]),
             confidence=None if uncertainty is None else float(np.clip(1.0 - uncertainty[i], 0.0, 1.0)),
@@ -101,7 +101,13 @@ def val_face_scores(val_set: DetectionFaces, probs: np.ndarray, uncertainty: np.
     return rows
 
 
-def fit_decision(labels: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray | None, policy: str = "eer") -> dict:
+def fit_decision(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    uncertainty: np.ndarray | None,
+    policy: str = "eer",
+    policy_params: dict[str, float] | None = None,
+) -> dict:
     """The decision rule fitted on validation scores, as stored in decision.json.
 
     1. Temperature scaling: T >= 1 minimizing the validation NLL of sigmoid(logit(p) / T); detection reports
@@ -129,7 +135,7 @@ def fit_decision(labels: np.ndarray, probs: np.ndarray, uncertainty: np.ndarray 
     # which would push calibrated probabilities to exactly 0 or 1 and the threshold onto them.
     temperature = max(1.0, fit_temperature(probabilities_to_logits(probs), labels))
     calibrated = apply_temperature(probabilities_to_logits(probs), temperature)
-    threshold = fit_threshold(labels, calibrated, policy)
+    threshold = fit_threshold(labels, calibrated, policy, **(policy_params or {}))
     kind = "evidential" if uncertainty is not None else "distance"
     conf = 1.0 - uncertainty if uncertainty is not None else distance_confidence(calibrated, threshold.value)
     try:
@@ -164,6 +170,7 @@ def finetune(
     sbi_ratio: float = 0.0,
     augment: bool = True,
     threshold_policy: str = "eer",
+    threshold_params: dict[str, float] | None = None,
     crop_size: int = 224,
     resume: bool = False,
     device: str = "auto",
@@ -181,6 +188,9 @@ def finetune(
     """
     from realface.models.pretrained import load_pretrainer
 
+    from realface.eval.thresholds import check_threshold_policy
+
+    check_threshold_policy(threshold_policy, **(threshold_params or {}))  # before the first step, not after the last
     out = Path(out)
     saved, train_cfg = open_run(out, resume, train_cfg)
     if saved is not None:
@@ -255,7 +265,8 @@ def finetune(
         if dist_info.is_main and val_set is not None:
             detector.load_state_dict(ckpt.load_weights(out / "best" / ckpt.WEIGHTS))
             probs, unc = task.validation_scores(detector)
-            ckpt.write_json(out / ckpt.DECISION, fit_decision(val_set.labels(), probs, unc, threshold_policy))
+            decision = fit_decision(val_set.labels(), probs, unc, threshold_policy, threshold_params)
+            ckpt.write_json(out / ckpt.DECISION, decision)
             write_scores_csv(val_face_scores(val_set, probs, unc), out / VAL_SCORES)
         return history
     finally:
