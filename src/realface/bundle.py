@@ -199,6 +199,8 @@ def validate_config(config: Any, where: str, decision: Any = None) -> None:
     if not isinstance(config, dict):
         raise RealfaceError(f"{where}: must hold a JSON object, got a JSON {type(config).__name__}")
     kind = config.get("kind")
+    if not isinstance(kind, str):
+        raise _fail(where, "kind", "'detector' (a finetune run) or 'detector-export'", kind)
     if kind not in ("detector", "detector-export"):
         raise RealfaceError(f"{where}: holds a {kind!r} run, not a detector (finetune one from it first)")
     detector = _section(where, config, "detector", required=True)
