@@ -162,7 +162,9 @@ def test_public_model_info_hides_server_folders(bundle: Bundle, tiny_model: Path
 
 
 def test_health_model_openapi_and_page(client: TestClient, tiny_model: Path) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
+    health = client.get("/healthz").json()
+    assert health == {"status": "ok", "queue_depth": 0, "jobs_running": 0, "uploads_receiving": 0, "max_jobs": 2,
+                      "queue_length": 32}  # fmt: skip
     model = client.get("/v1/model").json()
     assert model["detector"] == "classifier" and model["img_size"] == 64 and model["card"]["name"].startswith("test model")
     assert model["decision"]["band"] == 0.1 and model["service"]["max_jobs"] == 2 and model["service"]["frames"] == 2
@@ -277,8 +279,8 @@ def test_bad_inputs(client: TestClient, astronaut_jpg: bytes, video_519: Path) -
         ("empty.jpg", b"", 422, "empty"),
         ("noise.jpg", rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), 422, "not a readable image"),
         ("half.jpg", astronaut_jpg[: len(astronaut_jpg) // 2], 422, "truncated"),
-        ("notes.txt", b"hello, this is not a picture\n" * 20, 422, "unsupported file type"),
-        ("anim.gif", b"GIF89a" + bytes(100), 422, "unsupported file type .gif"),
+        ("notes.txt", b"hello, this is not a picture\n" * 20, 422, "unsupported file type: text"),
+        ("anim.gif", b"GIF89a" + bytes(100), 422, "unsupported file type: gif image"),
         ("broken.webm", b"\x1a\x45\xdf\xa3" + bytes(2000), 422, "not a readable video"),
         ("noframes.mp4", _undecodable_video(video_519), 422, "no frame could be decoded"),
         ("bomb.png", png_header_only(30000, 30000), 413, "image too large"),
@@ -327,17 +329,17 @@ def test_pixel_and_video_length_limits(bundle: Bundle, shared_data: Path) -> Non
 
 
 def test_busy_gives_503_not_a_hang(bundle: Bundle, utk_jpg: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    app = create_app(bundle, limits=ServeLimits(max_jobs=1, retry_after_s=3), frames=2)
+    app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=0, retry_after_s=3), frames=2)
     scanner = app.state.service.scanner
     started, release = threading.Event(), threading.Event()
-    real_scan = scanner.scan
+    real_scan = scanner.scan_content
 
-    def held_scan(path: Path, display_name: str | None = None):
+    def held_scan(*args):
         started.set()
         assert release.wait(30)
-        return real_scan(path, display_name)
+        return real_scan(*args)
 
-    monkeypatch.setattr(scanner, "scan", held_scan)
+    monkeypatch.setattr(scanner, "scan_content", held_scan)
     with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
         first = pool.submit(post, c, "first.jpg", utk_jpg)
         assert started.wait(30)
@@ -381,7 +383,7 @@ def test_temporary_files_always_removed(bundle: Bundle, astronaut_jpg: bytes, vi
             assert response.status_code == status, (name, response.text)
             assert list(root.iterdir()) == [], name
         # An unexpected failure inside the scan: a JSON 500, the folder removed, the job slot given back.
-        monkeypatch.setattr(app.state.service.scanner, "scan", lambda *a, **k: 1 / 0)
+        monkeypatch.setattr(app.state.service.scanner, "scan_content", lambda *a, **k: 1 / 0)
         failed = post(c, "x.jpg", astronaut_jpg)
         assert failed.status_code == 500 and "ZeroDivisionError" in failed.json()["detail"]
         assert list(root.iterdir()) == []
@@ -394,13 +396,13 @@ def test_client_path_never_used_on_disk(client: TestClient, astronaut_jpg: bytes
                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     scanner = client.app.state.service.scanner
     used: list[tuple[Path, list[str]]] = []
-    real_scan = scanner.scan
+    real_scan = scanner.scan_content
 
-    def spying_scan(path: Path, display_name: str | None = None):
+    def spying_scan(path: Path, *args):
         used.append((path, sorted(p.name for p in path.parent.iterdir())))
-        return real_scan(path, display_name)
+        return real_scan(path, *args)
 
-    monkeypatch.setattr(scanner, "scan", spying_scan)
+    monkeypatch.setattr(scanner, "scan_content", spying_scan)
     response = post(client, "../../etc/passwd.jpg", astronaut_jpg)
     assert response.status_code == 200
     path, names = used[0]

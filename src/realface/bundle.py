@@ -11,7 +11,8 @@ after install with no download.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,116 @@ def _build(config: DetectorConfig, weights: Path, device: torch.device) -> Detec
     return detector.to(device).eval()
 
 
+# ---------------------------------------------------------------------------------------------
+# checking a config.json before anything is built from it
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}  # dataclass annotations -> JSON
+
+
+def _fail(where: str, field_name: str, what: str, value: Any) -> RealfaceError:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return RealfaceError(f"{where}: {field_name} must be {what}, got {shown}")
+
+
+def _number(where: str, name: str, value: Any, low: float, high: float, *, open_low: bool = False) -> float:
+    """`value` as a float in [low, high] (or (low, high] with open_low); JSON true/false are not numbers."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (value > low if open_low else value >= low) and value <= high:
+        return float(value)
+    span = f"{'(' if open_low else '['}{low:g}, {high:g}]" if math.isfinite(high) else f"{'>' if open_low else '>='} {low:g}"
+    raise _fail(where, name, f"a number {'in ' if math.isfinite(high) else ''}{span}", value)
+
+
+def _section(where: str, config: dict[str, Any], name: str, required: bool) -> dict[str, Any] | None:
+    value = config.get(name)
+    if value is None and not required and name not in config:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(where, name, "a JSON object" + ("" if required else " when present"), value)
+    return value
+
+
+def _check_fields(where: str, section: str, data: dict[str, Any], cls: type) -> None:
+    """Every key of `data` is a field of dataclass `cls`, of the JSON type its annotation names."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise RealfaceError(f"{where}: unknown {section} field(s): {', '.join(unknown)}")
+    for key, value in data.items():
+        annotation = known[key].type
+        type_name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        types = _TYPES.get(type_name)
+        if types is None:
+            continue  # tuples etc.: checked by the caller
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            shown = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[type_name]
+            raise _fail(where, f"{section}.{key}", shown, value)
+
+
+def _check_preprocessing(where: str, pre: dict[str, Any]) -> None:
+    _check_fields(where, "preprocessing", pre, Preprocessing)
+    for key in ("mean", "std"):
+        if key not in pre:
+            continue
+        value = pre[key]
+        if not isinstance(value, list) or len(value) != 3:
+            raise _fail(where, f"preprocessing.{key}", "a list of 3 numbers (R, G, B)", value)
+        low, open_low = (0.0, True) if key == "std" else (-math.inf, False)
+        for channel, item in zip("RGB", value):
+            _number(where, f"preprocessing.{key} ({channel})", item, low, math.inf, open_low=open_low)
+    for key in ("img_size", "crop_size"):
+        if key in pre and pre[key] < 1:
+            raise _fail(where, f"preprocessing.{key}", "a positive number of pixels", pre[key])
+    if "crop_margin" in pre:
+        _number(where, "preprocessing.crop_margin", pre["crop_margin"], 0.0, math.inf, open_low=True)
+
+
+def _check_decision(where: str, decision: dict[str, Any]) -> None:
+    threshold = decision.get("threshold", 0.5)
+    if isinstance(threshold, dict):
+        _number(where, "decision.threshold.value", threshold.get("value", 0.5), 0.0, 1.0)
+        if not isinstance(threshold.get("policy", "fixed"), str):
+            raise _fail(where, "decision.threshold.policy", "a string", threshold.get("policy"))
+    else:
+        _number(where, "decision.threshold", threshold, 0.0, 1.0)
+    _number(where, "decision.temperature", decision.get("temperature", 1.0), 0.0, math.inf, open_low=True)
+    _number(where, "decision.band", decision.get("band", 0.0), 0.0, 1.0)
+    if decision.get("confidence", "distance") not in ("distance", "evidential"):
+        raise _fail(where, "decision.confidence", "'distance' or 'evidential'", decision.get("confidence"))
+    if not isinstance(decision.get("val", {}), dict):
+        raise _fail(where, "decision.val", "a JSON object", decision.get("val"))
+
+
+def validate_config(config: Any, where: str, decision: Any = None) -> None:
+    """Check a model's config.json field by field; RealfaceError naming the field, before anything is built.
+
+    config: the parsed config.json; where: the file, for messages; decision: a run folder's parsed
+    decision.json (exports hold theirs in config["decision"]).
+    """
+    if not isinstance(config, dict):
+        raise RealfaceError(f"{where}: must hold a JSON object, got a JSON {type(config).__name__}")
+    kind = config.get("kind")
+    if not isinstance(kind, str):
+        raise _fail(where, "kind", "'detector' (a finetune run) or 'detector-export'", kind)
+    if kind not in ("detector", "detector-export"):
+        raise RealfaceError(f"{where}: holds a {kind!r} run, not a detector (finetune one from it first)")
+    detector = _section(where, config, "detector", required=True)
+    _check_fields(where, "detector", detector, DetectorConfig)
+    _check_preprocessing(where, _section(where, config, "preprocessing", required=True))
+    if kind == "detector-export":
+        _check_decision(where, _section(where, config, "decision", required=False) or {})
+        _section(where, config, "card", required=False)
+    elif decision is not None:
+        if not isinstance(decision, dict):
+            raise RealfaceError(f"{where}: decision.json must hold a JSON object")
+        _check_decision(where.replace(ckpt.CONFIG, ckpt.DECISION), decision)
+
+
 def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") -> Bundle:
-    """A detector from a finetune run folder or an exported bundle; None = the packaged default weights."""
+    """A detector from a finetune run folder or an exported bundle; None = the packaged default weights.
+
+    The config is checked field by field first (`validate_config`): a bad one is one RealfaceError line.
+    """
     device = torch.device(device)
     source = Path(path) if path is not None else default_weights_dir()
     if not (source / ckpt.CONFIG).is_file():
@@ -120,15 +229,17 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
             raise RealfaceError("no default weights are installed; pass --model RUN_OR_WEIGHTS")
         raise RealfaceError(f"{source} is not a model: no {ckpt.CONFIG} (pass a finetune run or exported weights)")
     config = ckpt.read_json(source / ckpt.CONFIG)
+    decision_path = source / ckpt.DECISION
+    run_decision = ckpt.read_json(decision_path) if decision_path.is_file() else None
+    validate_config(config, str(source / ckpt.CONFIG), run_decision)
     kind = config.get("kind")
     if kind == "detector":  # a finetune run folder
-        det_cfg = DetectorConfig.from_dict(config["detector"])
+        det_cfg = _detector_config(config["detector"], source)
         weights = source / "best" / ckpt.WEIGHTS
-        decision_path = source / ckpt.DECISION
-        decision = Decision.from_json(ckpt.read_json(decision_path)) if decision_path.is_file() else Decision()
+        decision = Decision.from_json(run_decision) if run_decision is not None else Decision()
         card = {"run": str(source), "train": config.get("train", {}), "data": config.get("data", [])}
     elif kind == "detector-export":
-        det_cfg = DetectorConfig.from_dict(config["detector"])
+        det_cfg = _detector_config(config["detector"], source)
         weights = source / ckpt.WEIGHTS
         decision = Decision.from_json(config.get("decision", {}))
         card = config.get("card", {})
@@ -136,6 +247,14 @@ def load_bundle(path: Path | None = None, device: torch.device | str = "cpu") ->
         raise RealfaceError(f"{source} holds a {kind!r} run, not a detector (finetune one from it first)")
     pre = Preprocessing.from_dict(config["preprocessing"])
     return Bundle(_build(det_cfg, weights, device), det_cfg, pre, decision, card, source)
+
+
+def _detector_config(data: dict[str, Any], source: Path) -> DetectorConfig:
+    """DetectorConfig.from_dict with its complaint prefixed by the file and section it is about."""
+    try:
+        return DetectorConfig.from_dict(data)
+    except RealfaceError as err:
+        raise RealfaceError(f"{source / ckpt.CONFIG}: detector: {err}") from None
 
 
 def export_bundle(

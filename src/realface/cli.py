@@ -1,7 +1,8 @@
 """The `realface` console script: parses arguments, calls one typed function per subcommand.
 
 Heavy imports (torch, dlib, cv2) happen inside the handlers, so `realface --help` is instant.
-A `RealfaceError` becomes one line on stderr and exit status 2; Ctrl-C exits 130.
+A `RealfaceError` (a bad option or model, checked before any work starts) becomes one line on stderr and exit
+status 2; `detect` exits 1 when an input could not be read; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-progress", action="store_true")
+    p.epilog = "Exit status: 0 all inputs read, 1 some input could not be read, 2 bad option or model (nothing done)."
     p.set_defaults(handler=_run_detect)
 
 
@@ -172,26 +174,30 @@ def _run_detect(args: argparse.Namespace) -> int:
     import tempfile
 
     from realface.bundle import load_bundle
-    from realface.detect import CSV_COLUMNS, Scanner, check_device, collect_inputs, csv_rows, detect_paths
-    from realface.detect import format_table, sniff_suffix
+    from realface.detect import CSV_COLUMNS, FileResult, Scanner, check_device, check_output_folder, collect_inputs
+    from realface.detect import csv_rows, detect_paths, format_table
+    from realface.faces.sniff import HEAD_BYTES, sniff
 
+    # Options and the model first: a mistake there stops everything before any input is read (exit 2).
     if args.frames < 1 or args.batch_size < 1:
         raise RealfaceError("--frames and --batch-size must be at least 1")
+    if args.heatmap is not None:
+        check_output_folder(args.heatmap, "--heatmap")
     bundle = load_bundle(args.model, check_device(args.device))
     scanner = Scanner(bundle, frames=args.frames, batch_size=args.batch_size, heatmap_dir=args.heatmap)
     with tempfile.TemporaryDirectory(prefix="realface-stdin-") as tmp:
-        paths = [a for a in args.inputs if a != "-"]
-        files = collect_inputs(paths)
-        names = [str(f) for f in files]
+        items = collect_inputs([a for a in args.inputs if a != "-"])
+        names = [item.path if isinstance(item, FileResult) else str(item) for item in items]
         if "-" in args.inputs:
             data = sys.stdin.buffer.read()
-            if not data:
-                raise RealfaceError("stdin is empty: pipe an image or a video into `realface detect -`")
-            stdin_file = Path(tmp) / ("stdin" + (sniff_suffix(data) or ".bin"))
-            stdin_file.write_bytes(data)
-            files.append(stdin_file)
+            if data:  # named after what it holds, so the scan reads it as such (text is refused by name)
+                stdin_file = Path(tmp) / ("stdin" + sniff(data[:HEAD_BYTES]).suffix)
+                stdin_file.write_bytes(data)
+                items.append(stdin_file)
+            else:
+                items.append(FileResult("-", "unsupported", "error", "stdin is empty: pipe an image or a video in"))
             names.append("-")
-        results = detect_paths(scanner, files, progress=not args.no_progress)
+        results = detect_paths(scanner, items, progress=not args.no_progress)
         for result, name in zip(results, names):
             result.path = name
     if args.json:
@@ -210,6 +216,7 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from realface.limits import API_KEY_ENV, ServeLimits
     p = sub.add_parser(
         "serve",
         help="HTTP API and web page for detection (POST /v1/detect, GET /v1/model, /healthz, /docs)",
@@ -219,26 +226,70 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="finetune run or exported weights (default: shipped)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload, MiB (default 50)")
-    p.add_argument("--max-video-seconds", type=float, default=300.0, help="longest video, seconds (default 300)")
-    p.add_argument("--max-jobs", type=int, default=2, help="requests admitted at once; more get 503 (default 2)")
+    p.add_argument(
+        "--api-key", default=None,
+        help=f"require this key on /v1/* and /metrics (header 'Authorization: Bearer KEY' or 'X-API-Key'); "
+        f"default: ${API_KEY_ENV} if set, else none. Set one when --host is not loopback",
+    )  # fmt: skip
     p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.set_defaults(handler=_run_serve)
+    d = ServeLimits()  # the defaults
+    lim = p.add_argument_group("limits (per request)")
+    lim.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="largest upload, MiB (default %(default)g)")
+    lim.add_argument("--max-video-seconds", type=float, default=d.max_video_seconds, help="longest video, seconds (default %(default)g)")
+    lim.add_argument("--max-image-megapixels", type=float, default=d.max_image_megapixels,
+                     help="largest image or video frame, from its header before decoding (default %(default)g)")
+    lim.add_argument("--max-request-mb", type=float, default=d.max_request_mb,
+                     help="memory ceiling: decoded pixels one request may hold at once, MiB (default %(default)g)")
+    lim.add_argument("--max-processing-seconds", type=float, default=d.max_processing_s,
+                     help="longest scan of one upload; then 413 (default %(default)g)")
+    lim.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                     help="seconds for a request's headers to arrive; then the connection is closed (default %(default)g)")
+    lim.add_argument("--upload-idle-timeout", type=float, default=d.upload_idle_s,
+                     help="longest pause in an upload, and the grace before its rate counts; then 408 (default %(default)g)")
+    lim.add_argument("--min-upload-rate", type=float, default=d.min_upload_kib_s,
+                     help="slowest average upload accepted, KiB/s; then 408 (default %(default)g)")
+    q = p.add_argument_group("queue")
+    q.add_argument("--max-jobs", type=int, default=d.max_jobs, help="jobs at once (default %(default)d)")
+    q.add_argument("--queue", type=int, default=d.queue_length,
+                   help="requests that may wait beyond --max-jobs; more get 503 + Retry-After (default %(default)d)")
+    q.add_argument("--queue-wait", type=float, default=d.queue_wait_s,
+                   help="longest wait for a job slot once the upload is in; then 503 (default %(default)g)")
+    p.set_defaults(handler=_run_serve)  # fmt: skip
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+    import os
+
     from realface.bundle import load_bundle
     from realface.detect import check_device
-    from realface.serve import ServeLimits, run_server
+    from realface.limits import API_KEY_ENV, ServeLimits
+    from realface.serve import create_app, run_server
 
     if not 0 < args.port < 65536:
         raise RealfaceError(f"--port must be within 1..65535, got {args.port}")
+    if args.frames < 1:
+        raise RealfaceError(f"--frames must be at least 1, got {args.frames}")
+    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    if api_key is not None and not api_key.strip():
+        raise RealfaceError("--api-key must not be empty")
     limits = ServeLimits(
-        max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds, max_jobs=args.max_jobs
-    )
+        max_upload_mb=args.max_upload_mb, max_video_seconds=args.max_video_seconds,
+        max_image_megapixels=args.max_image_megapixels, max_request_mb=args.max_request_mb,
+        max_jobs=args.max_jobs, queue_length=args.queue, queue_wait_s=args.queue_wait,
+        header_timeout_s=args.header_timeout, upload_idle_s=args.upload_idle_timeout,
+        min_upload_kib_s=args.min_upload_rate, max_processing_s=args.max_processing_seconds,
+    )  # fmt: skip
     bundle = load_bundle(args.model, check_device(args.device))
-    run_server(bundle, host=args.host, port=args.port, limits=limits, frames=args.frames)
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and api_key is None:
+        print(f"realface serve: warning: listening on {args.host} without an API key: anyone who can reach it "
+              f"can use it (set --api-key or ${API_KEY_ENV})", file=sys.stderr)  # fmt: skip
+    run_server(create_app(bundle, limits=limits, frames=args.frames, api_key=api_key), host=args.host, port=args.port)
     return 0
 
 

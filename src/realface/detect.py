@@ -20,8 +20,10 @@ from realface.data.faceset import to_tensor
 from realface.errors import InputError, RealfaceError
 from realface.eval.aggregate import aggregate_scores
 from realface.eval.thresholds import decide, distance_confidence
-from realface.faces.media import media_kind, read_image
+from realface.faces.media import DEFAULT_LIMITS, read_image
 from realface.faces.pipeline import FacePipeline, PipelineConfig
+from realface.faces.sniff import Content, media_kind, sniff_file, unsupported_message
+from realface.limits import DecodeLimits
 
 TOP_FRAMES = 3  # frames listed as "the frames that drove" a video verdict
 
@@ -93,9 +95,12 @@ class Scanner:
         batch_size: int = 32,
         heatmap_dir: Path | None = None,
         assume_cropped: bool = False,
+        limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
-        """assume_cropped: an image with no detected face is taken as a face crop (for data sets of crops)."""
+        """assume_cropped: an image with no detected face is taken as a face crop (for data sets of crops).
+        limits: what decoding one input may cost (pixels, memory; `scan` can pass per-call limits instead)."""
         self.bundle = bundle
+        self.limits = limits
         self.batch_size = batch_size
         self.heatmap_dir = Path(heatmap_dir) if heatmap_dir is not None else None
         self.device = next(bundle.detector.parameters()).device
@@ -142,18 +147,31 @@ class Scanner:
     # -- inputs --------------------------------------------------------------------------------
 
     def scan(self, path: Path, display_name: str | None = None) -> FileResult:
-        """One image or video file; unreadable input gives status "error" with a one-line message."""
+        """One image or video file, read as its content says (not its name); unreadable input (over the
+        limits included) gives status "error" with a one-line message."""
         path = Path(path)
         name = display_name or str(path)
         kind = media_kind(path)
         try:
-            if kind == "image":
-                return self.scan_image(read_image(path), name)
-            if kind == "video":
-                return self.scan_video(path, name)
-            raise InputError(f"unsupported file type {path.suffix or '(none)'!r}: use an image or a video")
+            content = sniff_file(path)
+            kind = content.kind
+            return self.scan_content(path, name, content)
         except InputError as err:
             return FileResult(path=name, kind=kind, status="error", message=str(err))
+
+    def scan_content(
+        self, path: Path, name: str, content: Content, limits: DecodeLimits | None = None
+    ) -> FileResult:
+        """One file whose content `sniff_file` told; raises InputError, and LimitError over `limits`
+        (default: the scanner's), for the caller to report."""
+        limits = limits or self.limits
+        if content.kind == "image":
+            rgb = read_image(path, limits)
+            limits.check_time()
+            return self.scan_image(rgb, name)
+        if content.kind == "video":
+            return self.scan_video(path, name, limits)
+        raise InputError(unsupported_message(content))
 
     def scan_image(self, rgb: np.ndarray, name: str) -> FileResult:
         faces = self.pipeline.faces_in_image(rgb)
@@ -175,8 +193,10 @@ class Scanner:
             verdict=verdicts[top], faces=results,
         )  # fmt: skip
 
-    def scan_video(self, path: Path, name: str) -> FileResult:
-        frames = self.pipeline.faces_in_video(path)
+    def scan_video(self, path: Path, name: str, limits: DecodeLimits | None = None) -> FileResult:
+        limits = limits or self.limits
+        frames = self.pipeline.faces_in_video(path, limits)
+        limits.check_time()
         with_face = [f for f in frames if f.face is not None]
         missing = [f.frame for f in frames if f.face is None]
         if not with_face:
@@ -225,6 +245,27 @@ class Scanner:
         return self.heatmap_dir / f"{stem}_{digest}_{suffix}.jpg"
 
 
+def check_output_folder(path: Path, option: str) -> None:
+    """RealfaceError unless `path` is a writable folder or could be made one; creates nothing (checked before
+    any work, so that a scan never runs to fail at its end)."""
+    import os
+
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise RealfaceError(f"{option} {path} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise RealfaceError(f"{option} {path} is not writable")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RealfaceError(f"{option} {path} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RealfaceError(f"{option} {path} cannot be created: {parent} is not writable")
+
+
 def check_device(name: str) -> torch.device:
     from realface.train.distributed import resolve_device
 
@@ -237,47 +278,32 @@ def check_device(name: str) -> torch.device:
 # -- the command ---------------------------------------------------------------------------------
 
 
-def collect_inputs(paths: list[str]) -> list[Path]:
-    """Files behind the arguments: files as given, folders recursively (images and videos only)."""
+def collect_inputs(paths: list[str]) -> list[Path | FileResult]:
+    """Files behind the arguments, in order: files as given (whatever their name: content decides), folders
+    recursively (files with an image or video suffix); an argument that names nothing readable (missing, or a
+    folder without media) becomes an error result in its place."""
     from realface.faces.media import MEDIA_SUFFIXES
 
-    files: list[Path] = []
+    items: list[Path | FileResult] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
-            if not found:
-                raise RealfaceError(f"no image or video files in folder {path}")
-            files.extend(found)
+            items.extend(found or [FileResult(str(path), "folder", "error", "no image or video files in folder")])
         elif path.is_file():
-            files.append(path)
+            items.append(path)
         else:
-            raise RealfaceError(f"input not found: {path}")
-    return files
+            items.append(FileResult(str(path), media_kind(path), "error", "input not found"))
+    return items
 
 
-def sniff_suffix(data: bytes) -> str:
-    """A file suffix for bytes of unknown type (stdin, uploads): by magic number, '' when unknown."""
-    signatures = [
-        (b"\xff\xd8\xff", ".jpg"), (b"\x89PNG", ".png"), (b"BM", ".bmp"), (b"GIF8", ".gif"),
-        (b"\x1a\x45\xdf\xa3", ".webm"), (b"RIFF", ".webp"),
-    ]  # fmt: skip
-    for magic, suffix in signatures:
-        if data.startswith(magic):
-            if suffix == ".webp" and data[8:12] == b"AVI ":
-                return ".avi"
-            return suffix
-    if data[4:8] == b"ftyp":
-        return ".mov" if data[8:10] == b"qt" else ".mp4"
-    return ""
-
-
-def detect_paths(scanner: Scanner, files: list[Path], progress: bool = True) -> list[FileResult]:
+def detect_paths(scanner: Scanner, items: list[Path | FileResult], progress: bool = True) -> list[FileResult]:
+    """Each input scanned (an error result from `collect_inputs` passes through)."""
     from tqdm import tqdm
 
     results = []
-    for path in tqdm(files, desc="detect", unit="file", disable=not progress or len(files) < 2):
-        results.append(scanner.scan(path))
+    for item in tqdm(items, desc="detect", unit="file", disable=not progress or len(items) < 2):
+        results.append(item if isinstance(item, FileResult) else scanner.scan(item))
     return results
 
 

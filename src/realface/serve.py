@@ -2,7 +2,10 @@
 
 Endpoints:
 - `GET /`: the web page (one self-contained file, `realface/web/index.html`).
-- `GET /healthz`: `{"status": "ok"}` while the process answers.
+- `GET /healthz`: `{"status": "ok", ...}` while the process answers, with the jobs running, the requests
+  queued for a job and the uploads being received.
+- `GET /metrics`: request counts by status code and latency quantiles of `/v1/detect`, queue gauges, in the
+  Prometheus text format.
 - `GET /v1/model`: what `Bundle.info()` says (model card, threshold, band), without server paths, plus the
   service's limits.
 - `POST /v1/detect`: one image or video as the multipart field `file`; `?heatmap=true` adds heatmaps.
@@ -16,28 +19,40 @@ are always null; with `?heatmap=true`, `heatmap_png` (per face of an image) and 
 hold base64 PNG data instead (the overlays `detect --heatmap` writes, re-encoded from its JPEG files).
 
 Status codes: 200 for every file that was read, including status "no_face": finding no face is an answer
-about the file, not a failure of the request. 400: no multipart body, or no `file` field. 413: the upload, the
-image's pixel count or the video's length is over the limit. 422: empty, corrupt, truncated or unsupported
-content, or a video whose frames cannot be decoded. 503 with `Retry-After`: `max_jobs` jobs are already
-admitted. Every error is JSON `{"detail": "one line"}`.
+about the file, not a failure of the request. 400: no multipart body, or no `file` field. 401: an API key is
+set and the request does not carry it. 408: the upload arrived too slowly (see below). 413: the upload, an
+image's or video frame's pixel count, the memory decoding it needs, the video's length, or the processing
+time is over its limit. 422: empty, corrupt, truncated or unsupported content, or a video whose frames cannot
+be decoded. 503 with `Retry-After`: the queue is full, or a request waited in it longer than `queue_wait_s`.
+Every error is JSON `{"detail": "one line"}`.
 
-Concurrency: one model (and one face pipeline, whose dlib models are not thread-safe) serves all requests;
-a job runs in a worker thread and holds a lock while it scans, so jobs scan one at a time and up to
-`max_jobs` are admitted (receiving their upload, or waiting for the lock). A request beyond that is
-refused at once with 503, never queued without bound.
+Concurrency: one model (and one face pipeline, whose dlib models are not thread-safe) serves all requests. A
+request takes a place on arrival (at most `max_jobs + queue_length` places; beyond, 503 at once), receives its
+upload, then waits up to `queue_wait_s` for one of `max_jobs` job slots (else 503); a job checks its file and
+scans it in a worker thread, holding a lock while the model runs. Places and slots are given back on every
+path: success, error, timeout, client disconnect.
+
+Time limits, so that no client holds a place by being slow: a request's headers must arrive within
+`header_timeout_s` of the connection (or of its previous response); its upload may pause at most
+`upload_idle_s` and must average `min_upload_kib_s` after a grace of `upload_idle_s` (else 408, connection
+closed); a job may scan for at most `max_processing_s` (checked between video frames; else 413).
 
 Uploads are streamed into a fresh temporary folder under a name the server chooses (its suffix from the
-bytes' magic number, else from the client's file name when that is a known media suffix), checked as they
-arrive against the size limit, and removed when the request ends, whatever happened.
+bytes' content, `realface.faces.sniff`, as `realface detect` reads files), checked as they arrive against
+the size limit, and removed when the request ends, whatever happened.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hmac
 import re
 import socket
 import tempfile
 import threading
+import time
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -48,47 +63,24 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from realface.bundle import Bundle
-from realface.detect import FileResult, Scanner, sniff_suffix
+from realface.detect import FileResult, Scanner
 from realface.errors import InputError, RealfaceError
-from realface.faces.media import IMAGE_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES, media_kind, probe_video
+from realface.faces.media import probe_video
+from realface.faces.sniff import HEAD_BYTES, sniff, unsupported_message
+from realface.limits import API_KEY_ENV, MIB, DecodeLimits, LimitError, ServeLimits  # noqa: F401 (re-exported)
 
-MIB = 1 << 20
 MULTIPART_OVERHEAD = 64 * 1024  # bytes of multipart framing and small fields allowed beyond the file itself
 SAFE_NAME_LENGTH = 120  # longest client file name echoed back, in characters
 RAW_NAME = "upload.bin"  # the server's name for an upload until its type is known
 DOCS_ASSETS = "/docs-assets"  # the packaged Swagger UI and ReDoc files behind /docs and /redoc
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one request may cost the service."""
-
-    max_upload_mb: float = 50.0  # largest uploaded file, MiB (checked while it streams in)
-    max_video_seconds: float = 300.0  # longest video accepted, seconds (from its packets, before decoding)
-    max_image_megapixels: float = 50.0  # largest image accepted, in millions of pixels (from its header)
-    max_jobs: int = 2  # requests admitted at once (scanning, or receiving/waiting); more get 503
-    retry_after_s: int = 5  # the Retry-After header sent with a 503
-
-    def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise RealfaceError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
-        if not self.max_video_seconds > 0:
-            raise RealfaceError(f"--max-video-seconds must be positive, got {self.max_video_seconds}")
-        if not self.max_image_megapixels > 0:
-            raise RealfaceError(f"max_image_megapixels must be positive, got {self.max_image_megapixels}")
-        if not 1 <= self.max_jobs <= 32:
-            raise RealfaceError(f"--max-jobs must be within 1..32 (one model serves them in turn), got {self.max_jobs}")
-        if self.retry_after_s < 1:
-            raise RealfaceError(f"retry_after_s must be at least 1 second, got {self.retry_after_s}")
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * MIB)
+LATENCY_WINDOW = 1024  # latencies kept for the quantiles on /metrics (the most recent requests)
+DISCONNECTED = 499  # status recorded for a request whose client went away (nginx's convention; never sent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,15 +100,6 @@ def safe_filename(name: str | None) -> str:
         suffix = Path(base).suffix[:10]
         base = base[: SAFE_NAME_LENGTH - len(suffix)] + suffix
     return base or "upload"
-
-
-def choose_suffix(head: bytes, client_name: str | None) -> str:
-    """A suffix for the stored upload: from the bytes' magic number, else the client name's media suffix, else ''."""
-    sniffed = sniff_suffix(head)
-    if sniffed:
-        return sniffed
-    suffix = Path(safe_filename(client_name)).suffix.lower()
-    return suffix if suffix in MEDIA_SUFFIXES else ""
 
 
 def public_model_info(bundle: Bundle) -> dict[str, Any]:
@@ -164,6 +147,122 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> H
     return HTTPException(status_code=status, detail=" ".join(detail.split()), headers=headers)
 
 
+@dataclass(frozen=True)
+class UploadClock:
+    """How long an upload may wait for its next chunk: at most `idle_s` after the last one, and never so
+    long that its average rate since `start`, after a grace of `idle_s`, falls below `min_rate` bytes/s."""
+
+    start: float  # when the upload began, in the clock's seconds
+    idle_s: float
+    min_rate: float  # bytes per second
+
+    def wait_s(self, received: int, now: float) -> float:
+        """Seconds the next chunk may take (<= 0: too late already), `received` bytes in at time `now`."""
+        by_rate = self.start + self.idle_s + received / self.min_rate
+        return min(now + self.idle_s, by_rate) - now
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (linear interpolation between order statistics, numpy's default)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class Metrics:
+    """Request counts by status code and latencies of `/v1/detect`, rendered in the Prometheus text format."""
+
+    QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+    def __init__(self, window: int = LATENCY_WINDOW) -> None:
+        self.counts: Counter[int] = Counter()
+        self.latencies: deque[float] = deque(maxlen=window)  # seconds, the most recent requests
+        self.total_seconds = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, status: int, seconds: float) -> None:
+        with self._lock:
+            self.counts[status] += 1
+            self.latencies.append(seconds)
+            self.total_seconds += seconds
+
+    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
+        """The text format: counters, a latency summary, and `gauges` ({name: (help, value)})."""
+        with self._lock:
+            counts, latencies, total = dict(self.counts), list(self.latencies), self.total_seconds
+        lines = [
+            "# HELP realface_requests_total Requests to /v1/detect, by HTTP status code (499: client went away).",
+            "# TYPE realface_requests_total counter",
+            *(f'realface_requests_total{{code="{code}"}} {n}' for code, n in sorted(counts.items())),
+            f"# HELP realface_request_seconds Time from request to response of /v1/detect; quantiles over the "
+            f"last {self.latencies.maxlen} requests.",
+            "# TYPE realface_request_seconds summary",
+        ]
+        if latencies:
+            lines += [f'realface_request_seconds{{quantile="{q:g}"}} {quantile(latencies, q):.6f}' for q in self.QUANTILES]
+        lines += [f"realface_request_seconds_sum {total:.6f}", f"realface_request_seconds_count {sum(counts.values())}"]
+        for name, (text, value) in gauges.items():
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
+        return "\n".join(lines) + "\n"
+
+
+class JobSlots:
+    """`slots` job slots handed out in arrival order; a waiter gives up after a timeout.
+
+    Used from the event loop's thread only (no lock needed); a waiter's future belongs to the loop it waits in.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self.running = 0
+        self._waiters: deque[asyncio.Future] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not f.done() for f in self._waiters)
+
+    async def acquire(self, timeout: float) -> bool:
+        """Take a slot, waiting at most `timeout` seconds; False when none came."""
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            self.running += 1
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            if not future.done():
+                self._give_up(future)
+                return False
+            # handed a slot just as the wait ended: keep it
+        except asyncio.CancelledError:
+            if future.done():  # handed a slot nobody will use: pass it on
+                self.running += 1
+                self.release()
+            else:
+                self._give_up(future)
+            raise
+        self.running += 1
+        return True
+
+    def _give_up(self, future: asyncio.Future) -> None:
+        future.cancel()
+        self._waiters.remove(future)
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter, else to the pool."""
+        self.running -= 1
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.free += 1
+
+
 # ---------------------------------------------------------------------------------------------
 # receiving an upload
 
@@ -181,7 +280,7 @@ class _MultipartSink:
         self.size = 0
         self.found = False
         self.filename: str | None = None
-        self.head = b""  # first bytes of the file, for its magic number
+        self.head = b""  # first bytes of the file, for what it holds (sniff)
         self._field = b""
         self._value = b""
         self._disposition = b""
@@ -227,8 +326,8 @@ class _MultipartSink:
         self.size += end - start
         if self.size > self.limit:
             raise _TooLarge
-        if len(self.head) < 16:
-            self.head += data[start : min(end, start + 16)]
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[start : min(end, start + HEAD_BYTES - len(self.head))]
         self._file.write(data[start:end])
 
     def on_part_end(self) -> None:
@@ -240,18 +339,60 @@ class _MultipartSink:
             self._file = None
 
 
-async def receive_upload(request: Request, folder: Path, limit: int) -> tuple[Path, str | None, bytes]:
+class _TooSlow(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _chunks(request: Request, limits: ServeLimits) -> Any:
+    """The body of `request` chunk by chunk, each within the time its UploadClock allows (else _TooSlow);
+    _Disconnected when the client goes away."""
+    loop = asyncio.get_running_loop()
+    clock = UploadClock(loop.time(), limits.upload_idle_s, limits.min_upload_kib_s * 1024)
+    stream = request.stream().__aiter__()
+    received = 0
+    while True:
+        wait = clock.wait_s(received, loop.time())
+        if wait <= 0:
+            raise _TooSlow
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), wait)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise _TooSlow from None
+        except ClientDisconnect:
+            raise _Disconnected from None
+        received += len(chunk)
+        yield chunk
+
+
+def _too_slow(limits: ServeLimits) -> HTTPException:
+    return _error(
+        408,
+        f"upload too slow: it may pause at most {limits.upload_idle_s:g} s and must average "
+        f"{limits.min_upload_kib_s:g} KiB/s",
+        headers={"Connection": "close"},
+    )
+
+
+async def receive_upload(request: Request, folder: Path, limits: ServeLimits) -> tuple[Path, str | None, bytes]:
     """Stream the multipart field `file` into `folder`/RAW_NAME; returns (path, client file name, first bytes).
 
-    Raises 400 for a body that is not multipart or has no `file` field, 413 as soon as the file passes `limit`.
+    Raises 400 for a body that is not multipart or has no `file` field, 413 as soon as the file passes the
+    size limit, 408 when it arrives too slowly, _Disconnected when the client goes away.
     """
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
+    limit = limits.max_upload_bytes
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not params.get(b"boundary"):
         raise _error(400, "send the image or video as multipart/form-data in a field named 'file'")
-    too_large = _error(413, f"upload too large: the limit is {limit / MIB:g} MiB")
+    too_large = _error(413, f"upload too large: the limit is {limit / MIB:g} MiB", headers={"Connection": "close"})
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise too_large
@@ -259,7 +400,7 @@ async def receive_upload(request: Request, folder: Path, limit: int) -> tuple[Pa
     parser = MultipartParser(params[b"boundary"], sink.callbacks())
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _chunks(request, limits):
             received += len(chunk)
             if received > limit + MULTIPART_OVERHEAD:
                 raise _TooLarge
@@ -267,6 +408,8 @@ async def receive_upload(request: Request, folder: Path, limit: int) -> tuple[Pa
         parser.finalize()
     except _TooLarge:
         raise too_large from None
+    except _TooSlow:
+        raise _too_slow(limits) from None
     except MultipartParseError as err:
         raise _error(400, f"malformed multipart body: {err}") from None
     finally:
@@ -276,13 +419,17 @@ async def receive_upload(request: Request, folder: Path, limit: int) -> tuple[Pa
     return sink.dest, sink.filename, sink.head
 
 
-async def drain(request: Request, limit: int) -> None:
-    """Read and drop the request body (up to `limit` bytes), so a refused client can read its answer."""
+async def drain(request: Request, limits: ServeLimits) -> None:
+    """Read and drop the request body (within the upload's size and time limits), so that a refused client
+    can read its answer; stops quietly at a limit or a disconnect."""
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            break
+    try:
+        async for chunk in _chunks(request, limits):
+            received += len(chunk)
+            if received > limits.max_upload_bytes + MULTIPART_OVERHEAD:
+                return
+    except (_TooSlow, _Disconnected):
+        return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,61 +437,69 @@ async def drain(request: Request, limit: int) -> None:
 
 
 class DetectService:
-    """One loaded model shared by all requests: admission, checks, scanning under a lock, encoding."""
+    """One loaded model shared by all requests: admission, the queue, checks, scanning under a lock, encoding."""
 
-    def __init__(self, bundle: Bundle, limits: ServeLimits, frames: int) -> None:
+    def __init__(self, bundle: Bundle, limits: ServeLimits, frames: int, api_key: str | None = None) -> None:
         if frames < 1:
             raise RealfaceError(f"--frames must be at least 1, got {frames}")
+        if api_key is not None and not api_key.strip():
+            raise RealfaceError("the API key must not be empty")
         self.bundle = bundle
         self.limits = limits
         self.frames = frames
         self.scanner = Scanner(bundle, frames=frames)
         self.model_info = public_model_info(bundle)
-        self._slots = threading.BoundedSemaphore(limits.max_jobs)
+        self.metrics = Metrics()
+        self.slots = JobSlots(limits.max_jobs)
+        self.places = 0  # requests admitted and not finished (receiving, queued or running); event loop only
+        self._api_key = api_key.encode() if api_key else None
         self._model_lock = threading.Lock()
 
+    # -- admission (event loop thread) ---------------------------------------------------------
+
+    def authorized(self, request: Request) -> bool:
+        """True without an API key; else the request must carry it (`Authorization: Bearer KEY` or `X-API-Key`)."""
+        if self._api_key is None:
+            return True
+        given = request.headers.get("x-api-key", "")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = given or token.strip()
+        return hmac.compare_digest(given.encode(), self._api_key)
+
     def try_admit(self) -> bool:
-        """Take a job slot if one is free (never waits)."""
-        return self._slots.acquire(blocking=False)
+        """Take a place if one is free (never waits): max_jobs + queue_length requests at once."""
+        if self.places >= self.limits.max_jobs + self.limits.queue_length:
+            return False
+        self.places += 1
+        return True
 
-    def release(self) -> None:
-        self._slots.release()
+    def leave(self) -> None:
+        self.places -= 1
 
-    def busy_error(self) -> HTTPException:
-        n = self.limits.max_jobs
+    def busy_error(self, why: str) -> HTTPException:
         return _error(
             503,
-            f"busy: {n} job{'s' if n > 1 else ''} already running; retry in {self.limits.retry_after_s} s",
+            f"busy: {why}; retry in {self.limits.retry_after_s} s",
             headers={"Retry-After": str(self.limits.retry_after_s)},
         )
 
-    def _check_image(self, path: Path) -> None:
-        """413 for an image over the pixel limit, from its header; decoding problems are left to the scan."""
-        import warnings
+    def load(self) -> dict[str, int]:
+        """What /healthz reports: jobs running, requests queued for a job, uploads being received."""
+        running, queued = self.slots.running, self.slots.waiting
+        return {"running": running, "queued": queued, "receiving": max(0, self.places - running - queued)}
 
-        from PIL import Image
+    # -- one job (worker thread) ---------------------------------------------------------------
 
-        max_pixels = self.limits.max_image_megapixels * 1e6
-        too_large = f"image too large: the limit is {self.limits.max_image_megapixels:g} megapixels"
+    def _check_video(self, path: Path, limits: DecodeLimits) -> None:
+        """413 for a video over the frame size or length limit, 422 for one that is not readable (no decoding)."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as img:
-                    w, h = img.size
-        except Image.DecompressionBombError:
-            raise _error(413, too_large) from None
-        except Exception:  # unreadable: the scan reports it with its own message
-            return
-        if w * h > max_pixels:
-            raise _error(413, f"image too large: {w}x{h} is over {self.limits.max_image_megapixels:g} megapixels")
-
-    def _check_video(self, path: Path) -> None:
-        """422 for a file that is not a readable video, 413 for one over the length limit (no decoding)."""
-        try:
-            info = probe_video(path)
+            info = probe_video(path, limits)
             if info.count == 0:
                 raise InputError("video has no frames")
             seconds = video_seconds(path, info.count, info.pts)
+        except LimitError as err:
+            raise _error(413, str(err)) from None
         except InputError as err:
             raise _error(422, str(err)) from None
         except Exception as err:  # PyAV errors past the probe: the file is not usable
@@ -356,38 +511,33 @@ class DetectService:
                 413, f"video too long: {seconds:.1f} s is over the limit of {self.limits.max_video_seconds:g} s"
             )
 
-    def _scan(self, path: Path, heat_dir: Path | None) -> FileResult:
+    def _scan(self, path: Path, content: Any, heat_dir: Path | None) -> FileResult:
         scanner = self.scanner
         if heat_dir is not None:  # same model and face pipeline, writing overlays into the request's folder
             scanner = Scanner(self.bundle, frames=self.frames, heatmap_dir=heat_dir)
             scanner.pipeline = self.scanner.pipeline
         with self._model_lock:
-            return scanner.scan(path, display_name=path.name)
+            limits = self.limits.decode_limits()  # the processing time counts from here
+            return scanner.scan_content(path, path.name, content, limits)
 
     def run(self, raw: Path, client_name: str | None, head: bytes, heatmap: bool) -> dict[str, Any]:
         """Check, scan and encode one upload saved at `raw` (in the request's temporary folder); blocking."""
         display = safe_filename(client_name)
         if raw.stat().st_size == 0:
             raise _error(422, "empty file (0 bytes)")
-        suffix = choose_suffix(head, client_name)
-        kind = media_kind(Path("upload" + suffix))
-        if kind == "unsupported":
-            shown = suffix or Path(display).suffix or "(unknown)"
-            raise _error(
-                422,
-                f"unsupported file type {shown}: send an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                f"or a video ({', '.join(sorted(VIDEO_SUFFIXES))})",
-            )
-        path = raw.rename(raw.with_name("upload" + suffix))
-        if kind == "image":
-            self._check_image(path)
-        else:
-            self._check_video(path)
+        content = sniff(head, display)
+        if content.kind == "unsupported":
+            raise _error(422, unsupported_message(content))
+        path = raw.rename(raw.with_name("upload" + content.suffix))
+        if content.kind == "video":
+            self._check_video(path, self.limits.decode_limits())
         heat_dir = path.parent / "heat" if heatmap else None
         try:
-            result = self._scan(path, heat_dir)
+            result = self._scan(path, content, heat_dir)
+        except LimitError as err:
+            raise _error(413, str(err)) from None
         except RealfaceError as err:
-            raise _error(422, str(err)) from None
+            raise _error(422, str(err).replace(str(path.parent), "upload")) from None
         if result.status == "error":
             message = result.message.replace(str(path.parent), "upload")
             raise _error(422, message or "the file could not be read")
@@ -406,6 +556,56 @@ class DetectService:
         out["contact_sheet"] = None
         out["contact_sheet_png"] = png_base64(Path(result.contact_sheet)) if heatmap and result.contact_sheet else None
         return out
+
+    async def handle(self, request: Request, heatmap: bool) -> dict[str, Any] | Response:
+        """One `/v1/detect` request through admission, upload, queue and job; places and slots always given back."""
+        if not self.authorized(request):
+            raise _error(401, "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                         headers={"WWW-Authenticate": "Bearer", "Connection": "close"})  # fmt: skip
+        if not self.try_admit():
+            await drain(request, self.limits)
+            raise self.busy_error(f"{self.limits.max_jobs} jobs running and {self.limits.queue_length} waiting")
+        try:
+            with tempfile.TemporaryDirectory(prefix="realface-serve-") as tmp:
+                try:
+                    raw, client_name, head = await receive_upload(request, Path(tmp), self.limits)
+                except _Disconnected:
+                    return Response(status_code=DISCONNECTED)  # nobody reads it; counted on /metrics
+                if not await self.slots.acquire(self.limits.queue_wait_s):
+                    raise self.busy_error(f"no job slot came free within {self.limits.queue_wait_s:g} s")
+                try:
+                    return await run_in_threadpool(self.run, raw, client_name, head, heatmap)
+                finally:
+                    self.slots.release()
+        finally:
+            self.leave()
+
+
+class MeteredApp:
+    """ASGI middleware: the status and latency of every `/v1/detect` request into `metrics`."""
+
+    def __init__(self, app: Any, metrics: Metrics, path: str = "/v1/detect") -> None:
+        self.app = app
+        self.metrics = metrics
+        self.path = path
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe(status, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,8 +626,9 @@ DETECT_DESCRIPTION = (
     "Returns `{model, result}`: `result` is what `realface detect --json` gives for one file, with `path` the "
     "client's base file name, `heatmap`/`contact_sheet` null, and with `?heatmap=true` base64 PNG overlays in "
     "`faces[].heatmap_png` (images) and `contact_sheet_png` (videos). A file with no face is a 200 with status "
-    "`no_face`. Errors: 400 no `file` field, 413 over a limit, 422 unreadable or unsupported content, "
-    "503 busy (see Retry-After); all as `{detail}`."
+    "`no_face`. Errors: 400 no `file` field, 401 API key missing or wrong (when the service has one), 408 upload "
+    "too slow, 413 over a limit, 422 unreadable or unsupported content, 503 busy (queue full or waited too long; "
+    "see Retry-After); all as `{detail}`."
 )
 
 _ERROR_SCHEMA = {"content": {"application/json": {"example": {"detail": "one line saying what went wrong"}}}}
@@ -448,15 +649,18 @@ _UPLOAD_BODY = {
 }
 
 
-def create_app(bundle: Bundle, *, limits: ServeLimits | None = None, frames: int = 32) -> FastAPI:
+def create_app(
+    bundle: Bundle, *, limits: ServeLimits | None = None, frames: int = 32, api_key: str | None = None
+) -> FastAPI:
     """The service for one loaded model (`load_bundle(...)`), which all requests share.
 
-    frames: frames sampled per video. `app.state.service` is the `DetectService` doing the work.
+    frames: frames sampled per video; api_key: required on /v1/* and /metrics when given.
+    `app.state.service` is the `DetectService` doing the work.
     """
     from realface import __version__
 
     limits = limits or ServeLimits()
-    service = DetectService(bundle, limits, frames)
+    service = DetectService(bundle, limits, frames, api_key)
     page = _page()
     app = FastAPI(
         title="realface",
@@ -466,6 +670,7 @@ def create_app(bundle: Bundle, *, limits: ServeLimits | None = None, frames: int
         redoc_url=None,
     )
     app.state.service = service
+    app.add_middleware(MeteredApp, metrics=service.metrics)
     app.mount(DOCS_ASSETS, StaticFiles(directory=resources.files("fastapi_offline") / "static"), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
@@ -497,51 +702,106 @@ def create_app(bundle: Bundle, *, limits: ServeLimits | None = None, frames: int
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP})
 
-    @app.get("/healthz", summary="liveness")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def require_key(request: Request) -> None:
+        if not service.authorized(request):
+            raise _error(401, "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                         headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    @app.get("/healthz", summary="liveness, and how loaded the service is")
+    async def healthz() -> dict[str, Any]:
+        load = service.load()
+        return {"status": "ok", "queue_depth": load["queued"], "jobs_running": load["running"],
+                "uploads_receiving": load["receiving"], "max_jobs": limits.max_jobs,
+                "queue_length": limits.queue_length}  # fmt: skip
+
+    @app.get("/metrics", summary="request counts and latency of /v1/detect (Prometheus text format)")
+    async def metrics(request: Request) -> PlainTextResponse:
+        require_key(request)
+        load = service.load()
+        gauges = {
+            "realface_queue_depth": ("Requests whose upload is in, waiting for a job slot.", load["queued"]),
+            "realface_jobs_running": ("Jobs checking or scanning an upload.", load["running"]),
+            "realface_uploads_receiving": ("Admitted requests still receiving their upload.", load["receiving"]),
+            "realface_max_jobs": ("Job slots.", limits.max_jobs),
+            "realface_queue_length": ("Places beyond the job slots; past them, 503.", limits.queue_length),
+        }
+        return PlainTextResponse(service.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/model", summary="the model: card, threshold, confidence band; and the service's limits")
-    async def model() -> dict[str, Any]:
-        return {**service.model_info, "service": {**asdict(limits), "frames": frames}}
+    async def model(request: Request) -> dict[str, Any]:
+        require_key(request)
+        return {**service.model_info, "service": {**asdict(limits), "frames": frames, "api_key": api_key is not None}}
 
     @app.post(
         "/v1/detect",
         summary="real or fake? one image or video in the multipart field 'file'",
         description=DETECT_DESCRIPTION,
         openapi_extra=_UPLOAD_BODY,
-        responses={code: _ERROR_SCHEMA for code in (400, 413, 422, 503)},
+        responses={code: _ERROR_SCHEMA for code in (400, 401, 408, 413, 422, 503)},
     )
     async def detect(
         request: Request, heatmap: bool = Query(False, description="add heatmaps as base64 PNG")
-    ) -> dict[str, Any]:
-        if not service.try_admit():
-            await drain(request, limits.max_upload_bytes + MULTIPART_OVERHEAD)
-            raise service.busy_error()
-        try:
-            with tempfile.TemporaryDirectory(prefix="realface-serve-") as tmp:
-                raw, client_name, head = await receive_upload(request, Path(tmp), limits.max_upload_bytes)
-                return await run_in_threadpool(service.run, raw, client_name, head, heatmap)
-        finally:
-            service.release()
+    ) -> Any:
+        return await service.handle(request, heatmap)
 
     return app
 
 
-def run_server(
-    bundle: Bundle,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    limits: ServeLimits | None = None,
-    frames: int = 32,
-    log_level: str = "info",
-) -> None:
-    """Serve `create_app(bundle, ...)` with uvicorn in this process (one process: one model in memory)."""
+class _HeaderTimeoutProtocol:
+    """Mixed into uvicorn's h11 protocol: a connection whose request headers are not all in within
+    `header_timeout_s` of its start, or of its previous response, is closed (no slow-header client holds it)."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        self._headers_of = self.cycle  # headers are complete once uvicorn starts another request cycle
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self.cycle is self._headers_of and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not self._headers_of:
+            self._cancel_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing() and getattr(self, "_header_timer", None) is None:
+            self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+def uvicorn_config(app: FastAPI, **options: Any) -> Any:
+    """uvicorn's config for `app`: h11 with the service's header timeout, one worker; `options` passed on."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    seconds = app.state.service.limits.header_timeout_s
+    protocol = type("RealfaceH11Protocol", (_HeaderTimeoutProtocol, H11Protocol), {"header_timeout_s": seconds})
+    return uvicorn.Config(app, http=protocol, workers=1, **options)
+
+
+def run_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve `app` (`create_app(...)`) with uvicorn in this process (one process: one model in memory)."""
     import uvicorn
 
-    app = create_app(bundle, limits=limits, frames=frames)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
 
 
 @contextmanager
@@ -550,14 +810,12 @@ def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) ->
 
     port 0 picks a free port.
     """
-    import time
-
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="realface-serve")
     thread.start()
     try:

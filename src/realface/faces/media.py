@@ -3,6 +3,9 @@
 Images are read with Pillow (it reports truncated files, unlike OpenCV) and returned as RGB uint8 in the
 orientation their EXIF tag asks for. Videos are decoded with PyAV; frames are addressed by presentation
 order (frame 0 is the first frame shown).
+
+Sizes are checked before decoding (`realface.limits.DecodeLimits`): an image's from its header, a video's from
+its container and then from each frame's header, which FFmpeg checks before it allocates the frame.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from typing import TypeVar
 import numpy as np
 
 from realface.errors import InputError, RealfaceError
+from realface.faces.sniff import IMAGE_SUFFIXES, MEDIA_SUFFIXES, VIDEO_SUFFIXES, media_kind  # noqa: F401
+from realface.limits import DecodeLimits
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".webm", ".mkv"})
-MEDIA_SUFFIXES: frozenset[str] = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 # Pillow format names we accept (MPO is a multi-picture JPEG as written by some cameras).
 IMAGE_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB"})
-# Larger images are refused rather than risking the machine's memory (3 bytes a pixel once decoded).
+# Larger images and video frames are refused rather than risking the machine's memory (the CLI's limit).
 MAX_IMAGE_PIXELS = 200_000_000
+DEFAULT_LIMITS = DecodeLimits(max_pixels=MAX_IMAGE_PIXELS)
 # How FFmpeg threads its decoding ("AUTO": frame and slice threads, one per core, outside the GIL; "NONE").
 DECODE_THREADS = "AUTO"
 T = TypeVar("T")
@@ -40,16 +43,6 @@ class MediaItem:
     kind: str  # "image", "video" or "unsupported"
     label: str = ""
     extra: dict[str, str] = field(default_factory=dict)
-
-
-def media_kind(path: Path) -> str:
-    """'image', 'video' or 'unsupported', from the file name's suffix."""
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return "image"
-    if suffix in VIDEO_SUFFIXES:
-        return "video"
-    return "unsupported"
 
 
 def _read_manifest(path: Path) -> list[MediaItem]:
@@ -128,32 +121,33 @@ def _to_rgb8(img: "Image.Image") -> np.ndarray:  # noqa: F821  (PIL imported laz
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB, upright per its EXIF orientation.
 
-    Raises InputError (one line) for a missing, empty, corrupt, truncated, unsupported or oversized file.
+    Raises InputError (one line) for a missing, empty, corrupt, truncated or unsupported file, and its
+    subclass LimitError for one over `limits` (checked from the header, before decoding).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = _existing_file(path)
+    # Our limit replaces Pillow's "decompression bomb" check (which refuses above 2 x 89 MP, in its own words,
+    # before ours could apply): `limits.check_image` below reads the size from the header, before decoding.
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.format not in IMAGE_FORMATS:
-                    raise InputError(f"unsupported image format {img.format}")
-                w, h = img.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise InputError(f"image too large: {w}x{h} is over {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+        with Image.open(path) as img:
+            if img.format not in IMAGE_FORMATS:
+                raise InputError(f"unsupported image format {img.format}")
+            limits.check_image(*img.size, img.mode)
+            limits.check_time()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return _to_rgb8(img)
+            img = ImageOps.exif_transpose(img) or img
+            return _to_rgb8(img)
     except InputError:
         raise
     except UnidentifiedImageError:
         raise InputError("not a readable image (corrupt, or not an image file)") from None
-    except Image.DecompressionBombError as err:
-        raise InputError(f"image too large: {err}".splitlines()[0]) from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         raise InputError(f"corrupt or truncated image: {message}") from None
@@ -183,28 +177,40 @@ class VideoInfo:
     keyframes: tuple[int, ...]  # frame indices of keyframes (seek points); () when pts is None
 
 
-def _open(path: Path):  # -> av.container.InputContainer
+def _open(path: Path, limits: DecodeLimits):  # -> av.container.InputContainer
+    """The video at `path`, opened; its frames are never decoded above the limits' frame size.
+
+    FFmpeg's `max_pixels` guards the frames that opening decodes to learn the stream's parameters and, set on
+    the stream's decoder, every frame after: a larger frame is refused before its buffer is allocated.
+    """
     import av
 
     path = _existing_file(path)
+    max_pixels = str(limits.frame_pixels())
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options={"max_pixels": max_pixels})
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or str(err)
         raise InputError(f"not a readable video: {' '.join(str(reason).split())}") from None
     if not container.streams.video:
         container.close()
         raise InputError("no video stream in file")
+    container.streams.video[0].codec_context.options = {"max_pixels": max_pixels}
     return container
 
 
-def probe_video(path: Path) -> VideoInfo:
-    """Count the frames of a video by reading its packets (no decoding; milliseconds)."""
+def probe_video(path: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> VideoInfo:
+    """Count the frames of a video by reading its packets (no decoding; milliseconds).
+
+    Raises LimitError when the container's frame size is over `limits` (or unknown: FFmpeg leaves it unset
+    when the first frame it looked at was over the limit).
+    """
     import av
 
-    container = _open(path)
+    container = _open(path, limits)
     try:
         stream = container.streams.video[0]
+        limits.check_frame(stream.codec_context.width, stream.codec_context.height)
         pts: list[int] = []
         key_pts: list[int] = []
         missing = 0
@@ -230,27 +236,28 @@ def probe_video(path: Path) -> VideoInfo:
     return VideoInfo(len(order), width, height, tuple(order), tuple(sorted(rank[p] for p in key_pts)))
 
 
-def read_frames(path: Path, indices: list[int], info: VideoInfo | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def read_frames(
+    path: Path, indices: list[int], info: VideoInfo | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> Iterator[tuple[int, np.ndarray]]:
     """Decode the frames at `indices` (sorted, presentation order): yields (index, (H, W, 3) uint8 RGB).
 
     Only what is needed is decoded: the decoder seeks to the keyframe before a wanted frame when that
     skips work, and frames nobody asked for are dropped before conversion to RGB (non-reference frames
     among them are not even decoded). Frames that cannot be decoded are simply not yielded; the caller
-    compares with `indices`. Raises InputError when the file cannot be opened as a video.
+    compares with `indices`. Raises InputError when the file cannot be opened as a video, LimitError for a
+    frame over `limits` (from its header, before it is decoded) or past their deadline.
     """
-    import av
-
-    info = info or probe_video(path)
+    info = info or probe_video(path, limits)
     wanted = sorted(set(i for i in indices if 0 <= i < info.count))
     if not wanted:
         return
-    container = _open(path)
+    container = _open(path, limits)
     try:
         stream = container.streams.video[0]
         stream.thread_type = DECODE_THREADS
         ctx = stream.codec_context
         if info.pts is None:
-            yield from _decode_sequential(container, stream, wanted)
+            yield from _decode_sequential(container, stream, wanted, limits)
             return
         index_of = {p: i for i, p in enumerate(info.pts)}
         want = set(wanted)
@@ -271,16 +278,15 @@ def read_frames(path: Path, indices: list[int], info: VideoInfo | None = None) -
             for packet in container.demux(stream):
                 # Frames that are not wanted and no other frame refers to need not be decoded.
                 ctx.skip_frame = "DEFAULT" if packet.pts in wanted_pts or packet.pts is None else "NONREF"
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError:
-                    continue
+                limits.check_time()
+                frames = _decode(packet, ctx, limits)
                 for frame in frames:
                     idx = index_of.get(frame.pts)
                     if idx is None:
                         continue
                     position = max(position, idx)
                     if idx in want:
+                        limits.check_frame(frame.width, frame.height)
                         yield idx, frame.to_ndarray(format="rgb24")
                     if position >= target:
                         done = True
@@ -294,37 +300,53 @@ def read_frames(path: Path, indices: list[int], info: VideoInfo | None = None) -
         container.close()
 
 
-def _decode_sequential(container, stream, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode from the start, counting frames; for streams whose packets carry no usable timestamps."""
+def _decode(packet, ctx, limits: DecodeLimits) -> list:
+    """The frames one packet decodes to; [] for a damaged packet, LimitError for a frame over the limits.
+
+    FFmpeg refuses a frame over its `max_pixels` with EINVAL (ArgumentError) before allocating it, and may
+    leave the size unset in `ctx` (then "unknown, or over"); damaged data gives other errors.
+    """
     import av
 
+    try:
+        return packet.decode()
+    except av.error.ArgumentError:
+        limits.check_frame(ctx.width, ctx.height)
+        return []
+    except av.error.FFmpegError:
+        return []
+
+
+def _decode_sequential(container, stream, wanted: list[int], limits: DecodeLimits) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode from the start, counting frames; for streams whose packets carry no usable timestamps."""
     want = set(wanted)
     last = wanted[-1]
     idx = -1
     for packet in container.demux(stream):
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError:
-            continue
-        for frame in frames:
+        limits.check_time()
+        for frame in _decode(packet, stream.codec_context, limits):
             idx += 1
             if idx in want:
+                limits.check_frame(frame.width, frame.height)
                 yield idx, frame.to_ndarray(format="rgb24")
             if idx >= last:
                 return
 
 
-def sample_frames(path: Path, n: int) -> tuple[list[int], Iterator[tuple[int, np.ndarray]]]:
+def sample_frames(
+    path: Path, n: int, limits: DecodeLimits = DEFAULT_LIMITS
+) -> tuple[list[int], Iterator[tuple[int, np.ndarray]]]:
     """Indices of `n` frames spread uniformly over the video, and an iterator over those decoded.
 
     The frames are decoded ahead in a background thread (see `prefetch`), so decoding overlaps with whatever
-    the caller does with each frame. Raises InputError when the file is not a video or has no frames.
+    the caller does with each frame. Raises InputError when the file is not a video or has no frames, and
+    LimitError (also from the iterator) for frames over `limits`.
     """
-    info = probe_video(path)
+    info = probe_video(path, limits)
     if info.count == 0:
         raise InputError("video has no frames")
     indices = sample_indices(info.count, n)
-    return indices, prefetch(read_frames(path, indices, info))
+    return indices, prefetch(read_frames(path, indices, info, limits))
 
 
 _DONE = object()

@@ -15,7 +15,8 @@ from realface.errors import InputError, RealfaceError
 from realface.faces.align import align_face
 from realface.faces.detect import DETECTORS, Detection, iou, make_detector
 from realface.faces.landmarks import find_landmarks
-from realface.faces.media import sample_frames
+from realface.faces.media import DEFAULT_LIMITS, sample_frames
+from realface.limits import DecodeLimits
 
 # dlib HOG scores are >= 0; a whole-image box taken under `assume_cropped` gets this score instead.
 ASSUMED_SCORE = -1.0
@@ -190,13 +191,14 @@ class FacePipeline:
         detections = sorted(detections, key=lambda d: -d.area)
         return [self.face_from_box(rgb, d) for d in detections]
 
-    def faces_in_video(self, path: Path) -> list[FrameFaces]:
+    def faces_in_video(self, path: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> list[FrameFaces]:
         """The main face (largest face that persists) in each of `config.frames` uniformly sampled frames.
 
         Every sampled frame is reported; frames without the main face have face None and a note.
-        Raises InputError when the file is not a readable video or no frame decodes.
+        Raises InputError when the file is not a readable video or no frame decodes, LimitError for frames
+        over `limits` (frame size, memory, deadline).
         """
-        indices, frames = sample_frames(Path(path), self.config.frames)
+        indices, frames = sample_frames(Path(path), self.config.frames, limits)
         faces: dict[int, list[Face]] = {}
         for index, rgb in frames:
             faces[index] = [self.face_from_box(rgb, d) for d in self.detect(rgb)]
