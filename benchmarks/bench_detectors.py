@@ -7,6 +7,7 @@ one-branch export (inference only). Random weights: speed does not depend on the
 Prints a Markdown table; --append FILE appends it, with the command, machine and date, in one write.
 
     python benchmarks/bench_detectors.py                           # vit_tiny, 112 px, CPU
+    python benchmarks/bench_detectors.py --encoder resnet18 --img 128
     python benchmarks/bench_detectors.py --device cuda --img 224 --batch 64 --infer-batch 256
 """
 
@@ -118,12 +119,12 @@ def main() -> None:
         if name == "rffr":
             for k in args.rffr_blocks:
                 cfg = DetectorConfig(**base, rffr_blocks=k)
-                side = cfg.grid[0]
-                cases.append((f"rffr, {k}x{k} blocks ({k * k} MAE variants/face, {side}x{side} patches)", cfg))
+                side = cfg.img_size // cfg.mae_mask_cell
+                cases.append((f"rffr, {k}x{k} blocks ({k * k} MAE variants/face, {side}x{side} mask cells)", cfg))
         else:
             cases.append((name, DetectorConfig(**base)))
-        if name == "vit":
-            cases.append(("vit, linear probe (freeze)", DetectorConfig(**base, freeze=True)))
+        if name == "classifier":
+            cases.append(("classifier, linear probe (freeze)", DetectorConfig(**base, freeze=True)))
 
     rows = []
     for label, cfg in cases:

@@ -306,6 +306,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, epochs: int, batch: int,
     g.add_argument("--min-lr", type=float, default=1e-6)
     g.add_argument("--warmup-epochs", type=float, default=1.0)
     g.add_argument("--weight-decay", type=float, default=wd)
+    g.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="adamw, or sgd with Nesterov momentum")
     g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
     g.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm, 0 = off")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
@@ -329,6 +330,7 @@ def _train_config(args: argparse.Namespace):
         min_lr=args.min_lr,
         warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
         accum_steps=args.accum_steps,
         clip_grad=args.clip_grad,
         precision=args.precision,
@@ -445,6 +447,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--pseudo-fakes", choices=("none", "sbi"), default="none", help="add SBI pseudo-fakes of real faces")
     f.add_argument("--sbi-ratio", type=float, default=1.0, help="SBI fakes per real face (with --pseudo-fakes sbi)")
     f.add_argument("--no-labelled-fakes", action="store_true", help="train on real faces + pseudo-fakes only")
+    f.add_argument("--paired", action="store_true",
+                   help="batches with every labelled fake next to its own real (same group, frame and face)")
     f.add_argument("--no-augment", action="store_true", help="no in-the-wild augmentation")
     f.add_argument("--threshold-policy", default="eer",
                    help="eer, max_balanced_accuracy or target_fpr (with --target-fpr)")
@@ -481,6 +485,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         val=args.val,
         labelled_fakes=not args.no_labelled_fakes,
         sbi_ratio=args.sbi_ratio if args.pseudo_fakes == "sbi" else 0.0,
+        paired=args.paired,
         augment=not args.no_augment,
         threshold_policy=args.threshold_policy,
         threshold_params={"fpr": args.target_fpr} if args.target_fpr is not None else None,

@@ -74,6 +74,16 @@ def jpeg(image: np.ndarray, rng: np.random.Generator, quality: Range = (40, 100)
     return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def reencode(image: np.ndarray, scale: float = 0.75, quality: int = 75) -> np.ndarray:
+    """The same storage change for every face, real or fake: resized to `scale` and back (area down, linear up),
+    then re-saved as JPEG of `quality`. A detector that reads forgery, not sharpness or compression, should score
+    such a set about as well as the original (the robustness row of the model card)."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    back = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    return jpeg(back, np.random.default_rng(0), (quality, quality))
+
+
 _DOWN = (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_NEAREST)
 _UP = (cv2.INTER_LINEAR, cv2.INTER_CUBIC)
 

@@ -15,6 +15,7 @@ real faces alone (drop the labelled fakes) or from both. Every random draw of an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -76,6 +77,45 @@ def build_items(
     return items
 
 
+class PairedSampler:
+    """Training order with every labelled fake next to the real it was made from (same group, frame and face).
+
+    A detector that sees a face swap beside its source learns what the swap changed rather than who is in the
+    picture (identity, background, lighting are shared by the pair). Each epoch shuffles units: (fake, its real)
+    for every fake with a partner (a real with k fakes appears in k units), and every other item alone; the units
+    are dealt round-robin to the processes. Deterministic in (seed, epoch), like everything else in an epoch.
+    """
+
+    def __init__(self, items: list[Item], seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        index = {id(it.record): i for i, it in enumerate(items) if it.kind == "face" and it.label == 0}
+        units: list[tuple[int, ...]] = []
+        partnered: set[int] = set()
+        for i, it in enumerate(items):
+            if it.partner is not None and id(it.partner) in index:
+                units.append((i, index[id(it.partner)]))
+                partnered.add(index[id(it.partner)])
+        units.extend((i,) for i, it in enumerate(items) if i not in partnered and not (it.partner is not None and id(it.partner) in index))
+        self.units = units
+        self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
+        self.length = sum(len(u) for u in units) // num_replicas
+
+    @property
+    def pairs(self) -> int:
+        return sum(len(u) == 2 for u in self.units)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.units))
+        mine = [i for k in order[self.rank :: self.num_replicas] for i in self.units[k]]
+        mine = (mine * (1 + self.length // max(1, len(mine))))[: self.length]  # same length on every process
+        return iter(mine)
+
+
 class DetectionFaces(Dataset):
     """Items as {"image": (3, S, S) float32 normalized, "label": () long}; training views are augmented.
 
@@ -92,6 +132,7 @@ class DetectionFaces(Dataset):
         augment: WildAugmentConfig | None = None,
         sbi: SBIConfig | None = None,
         mask_grid: tuple[int, int] | None = None,
+        degrade: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if not items:
             raise RealfaceError("no faces to train or validate on")
@@ -101,6 +142,7 @@ class DetectionFaces(Dataset):
         self.augment = WildAugment(augment) if augment is not None else None
         self.sbi = sbi or SBIConfig()
         self.mask_grid = mask_grid
+        self.degrade = degrade  # a fixed change to every crop after augmentation (e.g. augment.reencode), or None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -138,6 +180,8 @@ class DetectionFaces(Dataset):
                 rgb, _ = self.augment(rgb, rng, None)
             else:
                 rgb, forged = self.augment.with_map(rgb, rng, forged)
+        if self.degrade is not None:
+            rgb = self.degrade(rgb)
         size = self.pre.img_size
         if rgb.shape[:2] != (size, size):
             rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)

@@ -66,6 +66,7 @@ def _target_fpr_policy(labels: np.ndarray, scores: np.ndarray, fpr: float) -> fl
     return _above_all(scores) if k == 0 else float(thresholds[k])
 
 
+BAND_ACCURACY = 0.90  # default confident band: it keeps the validation faces on which verdicts reach this accuracy
 FIXED = "fixed"  # a threshold set by hand (or a default), not fitted: a policy name a `Threshold` may carry
 THRESHOLD_POLICIES: dict[str, Callable[..., float]] = {
     "eer": _eer_policy,
@@ -118,8 +119,8 @@ def check_threshold_policy(policy: str, **params: float) -> None:
     if sorted(wanted) != sorted(params):
         raise RealfaceError(f"threshold policy {policy!r} takes parameters {wanted or 'none'}, got {sorted(params) or 'none'}")
     fpr = params.get("fpr")
-    if fpr is not None and not 0.0 < float(fpr) < 1.0:
-        raise RealfaceError(f"target FPR {fpr} must be a fraction in (0, 1), e.g. 0.01")
+    if fpr is not None and not 0.0 <= float(fpr) < 1.0:
+        raise RealfaceError(f"target FPR {fpr} must be a fraction in [0, 1), e.g. 0.01")
 
 
 def fit_threshold(labels: Any, scores: Any, policy: str = "eer", **params: float) -> Threshold:

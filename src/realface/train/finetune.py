@@ -19,15 +19,16 @@ from torch.utils.data import DataLoader
 
 from realface.data.augment import WildAugmentConfig
 from realface.data.faceset import Preprocessing
-from realface.data.labelled import DetectionFaces, build_items
+from realface.data.labelled import DetectionFaces, PairedSampler, build_items
 from realface.errors import RealfaceError
 from realface.eval.metrics import roc_auc
+from realface.eval.thresholds import BAND_ACCURACY
 from realface.eval.report import FaceScore, write_scores_csv
 from realface.models.detectors import DetectorConfig, build_detector
 from realface.predict import score_batches
 from realface.train import checkpoint as ckpt
 from realface.train.distributed import init_distributed, shutdown_distributed
-from realface.train.engine import History, TrainConfig, fit, open_run
+from realface.train.engine import History, TrainConfig, build_optimizer, fit, open_run
 from realface.train.pretrain import load_face_records
 from realface.train.schedule import param_groups
 
@@ -45,12 +46,13 @@ def split_records(records: list, split_column: str = "split") -> tuple[list, lis
 
 
 def score_dataset(
-    model: nn.Module, dataset: DetectionFaces, batch_size: int, workers: int = 0
+    model: nn.Module, dataset: DetectionFaces, batch_size: int, workers: int = 0, flip: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """p(fake) (N,) and uncertainty (N,) or None for every item of `dataset`, in order."""
+    """p(fake) (N,) and uncertainty (N,) or None for every item of `dataset`, in order (flip: test-time flip
+    averaging)."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     device = next(model.parameters()).device
-    return score_batches(model, (b["image"] for b in loader), device)
+    return score_batches(model, (b["image"] for b in loader), device, flip=flip)
 
 
 class FinetuneTask:
@@ -107,6 +109,7 @@ def fit_decision(
     uncertainty: np.ndarray | None,
     policy: str = "eer",
     policy_params: dict[str, float] | None = None,
+    target_accuracy: float = BAND_ACCURACY,
 ) -> dict:
     """The decision rule fitted on validation scores, as stored in decision.json.
 
@@ -115,8 +118,8 @@ def fit_decision(
     2. The threshold on calibrated p(fake), by `policy` (realface.eval.thresholds).
     3. The confidence band. Confidence is 1 - uncertainty for evidential detectors, else the distance of the
        calibrated p(fake) from the threshold (realface.eval.thresholds.distance_confidence). The band is the
-       smallest confidence at which the kept validation faces reach 95% accuracy; when no band does, the band
-       that keeps 80% of them.
+       smallest confidence at which the kept validation faces reach `target_accuracy` (90%); when no band does,
+       the band that keeps 80% of them.
     """
     from realface.eval.calibration import (
         apply_temperature,
@@ -139,7 +142,7 @@ def fit_decision(
     kind = "evidential" if uncertainty is not None else "distance"
     conf = 1.0 - uncertainty if uncertainty is not None else distance_confidence(calibrated, threshold.value)
     try:
-        band = fit_confidence_band(labels, calibrated, conf, threshold.value, target_accuracy=0.95)
+        band = fit_confidence_band(labels, calibrated, conf, threshold.value, target_accuracy=target_accuracy)
     except RealfaceError:
         band = fit_confidence_band(labels, calibrated, conf, threshold.value, target_coverage=0.8)
     kept = conf >= band
@@ -168,6 +171,7 @@ def finetune(
     val: list[Path] | None = None,
     labelled_fakes: bool = True,
     sbi_ratio: float = 0.0,
+    paired: bool = False,
     augment: bool = True,
     threshold_policy: str = "eer",
     threshold_params: dict[str, float] | None = None,
@@ -239,6 +243,7 @@ def finetune(
             "pretrained": str(pretrained) if pretrained else None,
             "labelled_fakes": labelled_fakes,
             "sbi_ratio": sbi_ratio,
+            "paired": paired,
             "num_train": len(items),
             "num_val": len(val_set) if val_set else 0,
         }
@@ -249,6 +254,11 @@ def finetune(
             num_layers=detector.num_layers,
             layer_of=detector.layer_of,
         )
+        sampler = None
+        if paired:
+            sampler = PairedSampler(items, train_cfg.seed, dist_info.world_size, dist_info.rank)
+            if sampler.pairs == 0:
+                raise RealfaceError("--paired: no labelled fake has its real in the data (same group, frame and face)")
         history = fit(
             detector,
             train_set,
@@ -256,8 +266,9 @@ def finetune(
             train_cfg,
             out,
             dist_info,
-            groups,
+            build_optimizer(groups, train_cfg),
             run_config,
+            sampler=sampler,
             resume=resume,
             progress=progress,
             max_steps_per_epoch=max_steps_per_epoch,

@@ -21,7 +21,7 @@ from realface.models.masking import sample_masks
 from realface.models.pretrainer import ModelConfig, Pretrainer, build_pretrainer
 from realface.models.encoders.vit import ViTEncoder, load_init
 from realface.train.distributed import init_distributed, shutdown_distributed
-from realface.train.engine import History, TrainConfig, fit, open_run
+from realface.train.engine import History, TrainConfig, build_optimizer, fit, open_run
 from realface.train.schedule import param_groups
 
 GRID_FACES = 8  # faces shown in each epoch's picture grid
@@ -161,7 +161,7 @@ def pretrain(
             "num_faces": len(records),
             "world_size": dist_info.world_size,
         }
-        groups = param_groups(model, train_cfg.weight_decay)
+        optimizer = build_optimizer(param_groups(model, train_cfg.weight_decay), train_cfg)
         return fit(
             model,
             train_set,
@@ -169,7 +169,7 @@ def pretrain(
             train_cfg,
             out,
             dist_info,
-            groups,
+            optimizer,
             run_config,
             resume=resume,
             progress=progress,

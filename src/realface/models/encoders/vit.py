@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 
@@ -34,13 +34,37 @@ class EncoderSpec:
     heads: int  # attention heads per block
     patch: int  # patch side in pixels
     mlp_ratio: float = 4.0  # MLP hidden width / D
+    conv_stem: bool = False  # patches embedded by a stack of stride-2 3x3 convolutions instead of one linear map
 
 
 SPECS: dict[str, EncoderSpec] = {
     "vit_tiny_patch16": EncoderSpec(embed_dim=192, depth=12, heads=3, patch=16),
     "vit_small_patch16": EncoderSpec(embed_dim=384, depth=12, heads=6, patch=16),
     "vit_base_patch16": EncoderSpec(embed_dim=768, depth=12, heads=12, patch=16),
+    # a hybrid: ViT-tiny on a convolutional stem ("Early convolutions help transformers see better", Xiao et al. 2021)
+    "vit_tiny_convstem16": EncoderSpec(embed_dim=192, depth=12, heads=3, patch=16, conv_stem=True),
 }
+
+
+class ConvStemEmbed(PatchEmbed):
+    """timm's PatchEmbed with its one patch-sized convolution replaced by log2(patch) stride-2 3x3 convolutions
+    (BatchNorm, ReLU; widths doubling up to D / 2) and a 1x1 projection to D: the same (N, L, D) tokens on the same
+    grid, with the local inductive bias and better-behaved optimisation of a convolutional stem."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)
+        dim, patch = self.proj.out_channels, self.patch_size[0]
+        steps = int(math.log2(patch))
+        if 2**steps != patch:
+            raise RealfaceError(f"a convolutional stem needs a power-of-two patch size, got {patch}")
+        layers: list[torch.nn.Module] = []
+        channels = 3
+        for i in range(steps):
+            width = max(16, dim >> (steps - i))
+            layers += [torch.nn.Conv2d(channels, width, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(width), torch.nn.ReLU(inplace=True)]
+            channels = width
+        layers.append(torch.nn.Conv2d(channels, dim, 1))
+        self.proj = torch.nn.Sequential(*layers)
 
 
 def sincos_pos_embed_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -95,6 +119,7 @@ class ViTEncoder(VisionTransformer, Encoder):
             mlp_ratio=spec.mlp_ratio,
             num_classes=0,
             drop_path_rate=drop_path,
+            **({"embed_layer": ConvStemEmbed} if spec.conv_stem else {}),
             **({"weight_init": "skip"} if _SKIP_INIT.get() else {}),
             **kw,
         )
@@ -163,6 +188,8 @@ class ViTEncoder(VisionTransformer, Encoder):
         x: (N, 3, H, W) images; keep_idx: (N, L_keep) long indices into the L patches (row-major).
         Returns (N, 1 + L_keep, D): CLS, then the kept patches in keep_idx order, after the final norm.
         """
+        if self.spec.conv_stem:  # the stem's receptive field crosses patches: hidden patches must be blank
+            x = x * _kept_pixels(keep_idx, self.grid, self.spec.patch).to(x.dtype)
         x = self.patch_embed(x)  # (N, L, D)
         x = x + self.pos_embed[:, 1:, :]  # patch positions, without the CLS slot
         n, _, d = x.shape
@@ -172,6 +199,13 @@ class ViTEncoder(VisionTransformer, Encoder):
         x = self.norm_pre(x)
         x = self._blocks(x)
         return self.norm(x)
+
+
+def _kept_pixels(keep_idx: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
+    """keep_idx (N, L_keep) -> (N, 1, H, W) float: 1 on the pixels of kept patches, 0 elsewhere."""
+    n = keep_idx.shape[0]
+    kept = torch.zeros(n, grid[0] * grid[1], device=keep_idx.device).scatter_(1, keep_idx, 1.0)
+    return kept.reshape(n, 1, *grid).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
 def encoder_from_spec(spec: EncoderSpec, img_size: int = 224, drop_path: float = 0.0, **kw: object) -> ViTEncoder:
