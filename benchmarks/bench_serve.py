@@ -48,7 +48,7 @@ def _random_bundle(out: Path) -> Path:
     torch.manual_seed(0)
     config = DetectorConfig(name="vit", img_size=224)
     bundle = Bundle(
-        build_detector(config).eval(), config, Preprocessing(img_size=224, crop_size=224), Decision(),
+        build_detector(config).eval(), config, Preprocessing(img_size=224), Decision(),
         {"name": "benchmark model (random weights)"}, Path("."),
     )  # fmt: skip
     return export_bundle(bundle, out)

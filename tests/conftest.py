@@ -39,6 +39,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from realface.bundle import Bundle, Decision, export_bundle
     from realface.data.faceset import Preprocessing
+    from realface.faces.align import CropSettings
     from realface.models.detectors import DetectorConfig, build_detector
 
     torch.manual_seed(0)
@@ -46,7 +47,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bundle = Bundle(
         detector=build_detector(config).eval(),
         config=config,
-        pre=Preprocessing(img_size=64, crop_size=64),
+        pre=Preprocessing(img_size=64, crop=CropSettings(size=64)),
         decision=Decision(threshold=0.5, band=0.1, policy="fixed"),
         card={"name": "test model (random weights)"},
         source=Path("."),

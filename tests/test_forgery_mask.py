@@ -18,7 +18,7 @@ from realface.data.faceset import Preprocessing, read_face
 from realface.data.forgery_mask import face_hull_mask, pair_difference_map, patch_targets
 from realface.data.labelled import DetectionFaces, build_items
 from realface.errors import RealfaceError
-from realface.faces.align import apply_matrix
+from realface.faces.align import CropSettings, apply_matrix
 from realface.faces.manifest import read_face_manifest
 from realface.models.detectors import DetectorConfig, build_detector
 from realface.models.detectors.base import patch_mask_loss
@@ -127,7 +127,7 @@ def test_dataset_gives_patch_targets_for_reals_sbi_and_paired_fakes(dfdc_pairs):
     assert all(it.partner is None for it in alone)
 
     grid = (4, 4)
-    data = DetectionFaces(items, Preprocessing(img_size=64, crop_size=64), augment=WildAugmentConfig(), mask_grid=grid)
+    data = DetectionFaces(items, Preprocessing(img_size=64, crop=CropSettings(size=64)), augment=WildAugmentConfig(), mask_grid=grid)
     by_kind: dict[str, list[dict]] = {"real": [], "fake": [], "sbi": []}
     for i, item in enumerate(items):
         kind = "sbi" if item.kind == "sbi" else ("fake" if item.label else "real")
@@ -141,10 +141,10 @@ def test_dataset_gives_patch_targets_for_reals_sbi_and_paired_fakes(dfdc_pairs):
         # each fake is forged somewhere (faintly where the swap is subtle), none everywhere
         assert (targets.amax(dim=1) > 0.05).all()
         assert (targets.mean(dim=1) < 0.8).all()
-    unknown = DetectionFaces(alone, Preprocessing(img_size=64, crop_size=64), mask_grid=grid)[0]
+    unknown = DetectionFaces(alone, Preprocessing(img_size=64, crop=CropSettings(size=64)), mask_grid=grid)[0]
     assert unknown["mask_known"] == 0.0
     # without a grid the samples are as before: image and label only
-    assert set(DetectionFaces(items, Preprocessing(img_size=64, crop_size=64))[0]) == {"image", "label"}
+    assert set(DetectionFaces(items, Preprocessing(img_size=64, crop=CropSettings(size=64)))[0]) == {"image", "label"}
 
 
 def test_patch_mask_loss_counts_only_known_targets():
@@ -197,7 +197,7 @@ def test_localization_report_scores_the_patch_head_on_paired_fakes(dfdc_pairs):
     from realface.models.detectors.base import DetectorOutput
 
     records = [r for r in read_face_manifest(dfdc_pairs) if r.extra["split"] == "val"]
-    faces = DetectionFaces(build_items(records), Preprocessing(img_size=64, crop_size=64), mask_grid=(8, 8))
+    faces = DetectionFaces(build_items(records), Preprocessing(img_size=64, crop=CropSettings(size=64)), mask_grid=(8, 8))
     fakes = [i for i, it in enumerate(faces.items) if it.label == 1]
     truth = torch.stack([faces[i]["mask"] for i in fakes])  # what the report compares against, in its order
 

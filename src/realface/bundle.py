@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from realface.data.faceset import Preprocessing
+from realface.faces.align import CropSettings
 from realface.errors import RealfaceError
 from realface.models.detectors import Detector, DetectorConfig, build_detector
 from realface.models.encoders import weights_to_be_loaded
@@ -97,6 +98,7 @@ class Bundle:
             "img_size": self.pre.img_size,
             "crop_size": self.pre.crop_size,
             "crop_margin": self.pre.crop_margin,
+            "crop": self.pre.crop.to_dict(),
             "decision": self.decision.to_json(),
             "card": self.card,
         }
@@ -159,7 +161,18 @@ def _check_fields(where: str, section: str, data: dict[str, Any], cls: type) -> 
 
 
 def _check_preprocessing(where: str, pre: dict[str, Any]) -> None:
+    pre = dict(pre)
+    crop = pre.pop("crop", {})
+    if not isinstance(crop, dict):
+        raise _fail(where, "preprocessing.crop", "a JSON object", crop)
+    _check_fields(where, "preprocessing.crop", crop, CropSettings)
+    if "size" in crop:
+        pre["crop_size"] = crop["size"]
+    if "margin" in crop:
+        pre["crop_margin"] = crop["margin"]
+    legacy = {k: pre.pop(k) for k in ("crop_size", "crop_margin") if k in pre}  # flat keys of older checkpoints
     _check_fields(where, "preprocessing", pre, Preprocessing)
+    pre.update(legacy)
     for key in ("mean", "std"):
         if key not in pre:
             continue

@@ -431,7 +431,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "convnextv2_atto, efficientnet_b0, ...)")
     d.add_argument("--img-size", type=int, default=224, help="input side when not --pretrained (a multiple of the "
                    "encoder's stride: 16 for a ViT, 32 for a CNN)")
-    d.add_argument("--crop-size", type=int, default=224, help="side of the crops preprocess wrote")
+    d.add_argument("--crop-size", type=int, default=None,
+                   help="side of the crops, for data without a preprocess.json (default 224); the crop settings of "
+                        "preprocessed data are read from it and travel with the weights")
     d.add_argument("--freeze", action="store_true", help="linear probe: train only the head")
     d.add_argument("--pool", choices=("avg", "cls"), default="avg")
     d.add_argument("--drop-path", type=float, default=0.1)

@@ -106,7 +106,7 @@ class Scanner:
         self.device = next(bundle.detector.parameters()).device
         pre = bundle.pre
         self.pipeline = FacePipeline(
-            PipelineConfig(crop_size=pre.crop_size, margin=pre.crop_margin, frames=frames, assume_cropped=assume_cropped)
+            PipelineConfig.for_crop(pre.crop, frames=frames, assume_cropped=assume_cropped)
         )
 
     # -- scoring -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from realface.errors import InputError
+from realface.faces.align import CropSettings
 from realface.faces.regions import region_label_map
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,24 +28,38 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What the weights expect of an input face; saved with every checkpoint."""
+    """What the weights expect of an input face; saved with every checkpoint: how the face was cropped
+    (`CropSettings`), then resized to `img_size` and normalized."""
 
     img_size: int = 224  # model input side in pixels
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel mean of RGB in [0, 1]
     std: tuple[float, float, float] = IMAGENET_STD  # per-channel std
-    crop_margin: float = 1.3  # face crops are the aligned face box scaled by this (see faces.align)
-    crop_size: int = 224  # side of the crops written by `realface preprocess`
+    crop: CropSettings = CropSettings()  # how faces are found, aligned and cropped (preprocess, detect)
+
+    @property
+    def crop_size(self) -> int:
+        return self.crop.size
+
+    @property
+    def crop_margin(self) -> float:
+        return self.crop.margin
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        return {"img_size": self.img_size, "mean": list(self.mean), "std": list(self.std), "crop": self.crop.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
+        """Inverse of `to_dict`; also reads checkpoints written before `crop` (flat crop_size / crop_margin)."""
         data = dict(data)
         for key in ("mean", "std"):
             if key in data:
                 data[key] = tuple(data[key])
-        return cls(**data)
+        crop = dict(data.pop("crop", {}))
+        if "crop_size" in data:
+            crop["size"] = data.pop("crop_size")
+        if "crop_margin" in data:
+            crop["margin"] = data.pop("crop_margin")
+        return cls(**data, crop=CropSettings.from_dict(crop))
 
 
 def read_rgb(path: str) -> np.ndarray:

@@ -30,6 +30,43 @@ TEMPLATE_5 = (
 )
 
 
+TEMPLATES: dict[str, np.ndarray] = {"arcface5": TEMPLATE_5}  # alignment templates by name (unit square)
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How a face crop is made: what a model's weights expect of their input, saved with preprocessed data
+    (preprocess.json) and with every checkpoint, and used again at detection. A model fed crops unlike its
+    training crops fails silently (e.g. AUC falls to chance), so every stage carries exactly this."""
+
+    size: int = 224  # side of the square aligned crop, pixels
+    margin: float = 1.3  # the face spans 1/margin of the crop side (face box scaled by `margin`)
+    detector: str = "dlib-hog"  # face detector backend (realface.faces.detect.DETECTORS)
+    template: str = "arcface5"  # 5-point alignment template, a name in TEMPLATES
+
+    def __post_init__(self) -> None:
+        from realface.errors import RealfaceError
+
+        if not 32 <= self.size <= 2048:
+            raise RealfaceError(f"crop size must be within 32..2048 pixels, got {self.size}")
+        if not 0.5 <= self.margin <= 4.0:
+            raise RealfaceError(f"margin must be within 0.5..4 (1.3 = face box scaled by 1.3), got {self.margin}")
+        if self.template not in TEMPLATES:
+            raise RealfaceError(f"unknown alignment template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"size": self.size, "margin": self.margin, "detector": self.detector, "template": self.template}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> CropSettings:
+        from realface.errors import RealfaceError
+
+        unknown = sorted(set(data) - {"size", "margin", "detector", "template"})
+        if unknown:
+            raise RealfaceError(f"unknown crop settings: {', '.join(unknown)}")
+        return cls(**data)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class AlignedFace:
     """An aligned crop, the 2x3 matrix taking source pixels to crop pixels, and landmarks in the crop."""

@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from realface.errors import RealfaceError
+from realface.faces.align import CropSettings
 from realface.faces.media import IMAGE_SUFFIXES
+
+SETTINGS_FILE = "preprocess.json"  # written by `realface preprocess` next to its manifest
 
 _FIXED = ("path", "source", "frame", "face", "x0", "y0", "x1", "y1", "score", "landmarks", "label")
 _LABEL_FOLDERS = ("real", "fake")
@@ -131,3 +134,42 @@ def read_face_manifest(path: Path) -> list[FaceRecord]:
     if not crops:
         raise RealfaceError(f"{path}: no manifest*.csv and no face images")
     return [FaceRecord(path=p.absolute(), landmarks=None, label=_label_from_path(p.relative_to(path))) for p in crops]
+
+
+def crop_settings_file(path: Path, levels: int = 4) -> Path | None:
+    """The preprocess.json of the preprocess output that holds `path` (a crop, shard or manifest), if any."""
+    folder = Path(path).absolute()
+    folder = folder if folder.is_dir() else folder.parent
+    for _ in range(levels):
+        if (folder / SETTINGS_FILE).is_file():
+            return folder / SETTINGS_FILE
+        folder = folder.parent
+    return None
+
+
+def read_crop_settings(settings_file: Path) -> CropSettings:
+    """The crop settings a preprocess run recorded ("crop", or those of its "pipeline" in older runs)."""
+    try:
+        data = json.loads(Path(settings_file).read_text(encoding="utf-8"))
+        if "crop" in data:
+            return CropSettings.from_dict(data["crop"])
+        pipe = data["pipeline"]
+        return CropSettings(size=int(pipe["crop_size"]), margin=float(pipe["margin"]), detector=str(pipe["detector"]))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise RealfaceError(f"{settings_file}: unreadable crop settings ({err})") from None
+
+
+def crop_settings_of(records: list[FaceRecord]) -> CropSettings | None:
+    """The one crop setting every record was made with, from the preprocess.json of the run that made it; None
+    when no record comes from a preprocess run (plain folders of crops). Records made with different settings,
+    or some with and some without, raise RealfaceError: a model must be trained on crops made one way."""
+    by_file: dict[Path | None, CropSettings | None] = {}
+    for folder in {r.path.parent for r in records}:
+        file = crop_settings_file(folder)
+        if file not in by_file:
+            by_file[file] = read_crop_settings(file) if file is not None else None
+    settings = set(by_file.values())
+    if len(settings) > 1:
+        shown = "; ".join(f"{f or 'no preprocess.json'}: {c}" for f, c in sorted(by_file.items(), key=lambda kv: str(kv[0])))
+        raise RealfaceError(f"the training faces were cropped in different ways ({shown}); preprocess them alike")
+    return next(iter(settings)) if settings else None

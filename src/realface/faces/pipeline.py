@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from realface.errors import InputError, RealfaceError
-from realface.faces.align import align_face
+from realface.faces.align import CropSettings, align_face
 from realface.faces.detect import DETECTORS, Detection, iou, make_detector
 from realface.faces.landmarks import find_landmarks
 from realface.faces.media import DEFAULT_LIMITS, sample_frames
@@ -35,6 +35,16 @@ class PipelineConfig:
     detect_min_side: int = 320  # shorter images are enlarged to this for detection (80 px HOG window)
     track_iou: float = 0.2  # least IoU that links boxes of consecutive sampled frames into one track
     crop_like_side: int = 512  # a near-square image at most this big with no face "looks like a face crop"
+
+    @property
+    def crop(self) -> CropSettings:
+        """The crop part of these settings: what a model trained on the faces expects at detection."""
+        return CropSettings(size=self.crop_size, margin=self.margin, detector=self.detector)
+
+    @classmethod
+    def for_crop(cls, crop: CropSettings, **rest: object) -> PipelineConfig:
+        """Settings that crop faces exactly as `crop` says (the rest: frames, assume_cropped, ...)."""
+        return cls(crop_size=crop.size, margin=crop.margin, detector=crop.detector, **rest)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if not 32 <= self.crop_size <= 2048:

@@ -248,7 +248,7 @@ def _write_tars(out: Path, suffix: str, columns: list[str], rows: list[dict]) ->
 def _check_settings(out: Path, config: PipelineConfig) -> None:
     """Record the pipeline settings in the folder, or refuse when an earlier run used other ones."""
     path = out / "preprocess.json"
-    settings = {"pipeline": dataclasses.asdict(config)}
+    settings = {"pipeline": dataclasses.asdict(config), "crop": config.crop.to_dict()}
     if path.exists():
         try:
             before = json.loads(path.read_text(encoding="utf-8")).get("pipeline")

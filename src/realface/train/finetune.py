@@ -21,6 +21,8 @@ from realface.data.augment import WildAugmentConfig
 from realface.data.faceset import Preprocessing
 from realface.data.labelled import DetectionFaces, PairedSampler, build_items
 from realface.errors import RealfaceError
+from realface.faces.align import CropSettings
+from realface.faces.manifest import crop_settings_of
 from realface.eval.metrics import roc_auc
 from realface.eval.thresholds import BAND_ACCURACY
 from realface.eval.report import FaceScore, write_scores_csv
@@ -36,6 +38,17 @@ VAL_SCORES = "val_scores.csv"  # the selected checkpoint's score of every valida
 # Detector settings that a pretraining run fixes (see DetectorConfig.for_pretrainer).
 INHERITED = ("name", "encoder", "img_size", "mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix",
              "mae_mask_cell")
+
+
+def training_crop(records: list, crop_size: int | None = None) -> CropSettings:
+    """The crop settings of the training data (`crop_settings_of`); `crop_size` (e.g. --crop-size) must agree
+    with them, and is the side assumed for crops without a preprocess.json (default 224, the default margin)."""
+    crop = crop_settings_of(records)
+    if crop is None:
+        return CropSettings(size=crop_size or 224)
+    if crop_size is not None and crop_size != crop.size:
+        raise RealfaceError(f"--crop-size {crop_size} differs from the {crop.size} px crops the data was preprocessed with")
+    return crop
 
 
 def split_records(records: list, split_column: str = "split") -> tuple[list, list]:
@@ -175,7 +188,7 @@ def finetune(
     augment: bool = True,
     threshold_policy: str = "eer",
     threshold_params: dict[str, float] | None = None,
-    crop_size: int = 224,
+    crop_size: int | None = None,
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -187,8 +200,9 @@ def finetune(
     data: face manifests from `realface preprocess` (label column real/fake or live/spoof). Without `val`,
     rows with split=val in `data` are the validation set. pretrained: a `realface pretrain` run folder, or
     None for a randomly initialised encoder (its encoder size, input side and MAE settings then override
-    those of `detector_cfg`). crop_size: the side of the crops `realface preprocess` wrote for this data,
-    recorded so detection crops faces the same way.
+    those of `detector_cfg`). The crop settings come from the preprocess.json of the data (one setting for all
+    of it, or an error) and are recorded so detection crops faces the same way; crop_size is the side of crops
+    that have none (plain folders), and must agree with the data's where it has one.
     """
     from realface.models.pretrained import load_pretrainer
 
@@ -209,13 +223,14 @@ def finetune(
             val_records = load_face_records(val)
         if limit:
             train_records, val_records = train_records[:limit], val_records[:limit]
-        pretrainer, pre = None, Preprocessing(img_size=detector_cfg.img_size, crop_size=crop_size)
+        crop = training_crop(train_records + val_records, crop_size)
+        pretrainer, pre = None, Preprocessing(img_size=detector_cfg.img_size, crop=crop)
         if pretrained is not None and not resume:
             pretrainer, pre = load_pretrainer(pretrained)
             # The encoder (size, input side) and the MAE that rffr keeps come from the pretraining run.
             own = {k: v for k, v in detector_cfg.to_dict().items() if k not in INHERITED}
             detector_cfg = DetectorConfig.for_pretrainer(detector_cfg.name, pretrainer.config, **own)
-            pre = replace(pre, crop_size=crop_size)
+            pre = replace(pre, crop=crop)
         elif resume:
             pre = Preprocessing.from_dict(saved["preprocessing"])
         detector = build_detector(detector_cfg, pretrainer)

@@ -16,6 +16,8 @@ from torch import nn
 
 from realface.data.faceset import Preprocessing, PretrainFaces
 from realface.errors import RealfaceError
+from realface.faces.align import CropSettings
+from realface.faces.manifest import crop_settings_of
 from realface.faces.regions import patch_region_fractions
 from realface.models.masking import sample_masks
 from realface.models.pretrainer import ModelConfig, Pretrainer, build_pretrainer
@@ -134,14 +136,15 @@ def pretrain(
     saved, train_cfg = open_run(out, resume, train_cfg)
     if saved is not None:
         model_cfg = ModelConfig.from_dict(saved["model"])
-        pre = Preprocessing.from_dict(saved["preprocessing"])
-    else:
-        pre = Preprocessing(img_size=model_cfg.img_size)
 
     torch.manual_seed(train_cfg.seed)
     dist_info = init_distributed(device)
     try:
         records = load_face_records(data, limit)
+        if saved is not None:
+            pre = Preprocessing.from_dict(saved["preprocessing"])
+        else:  # crops made one way, recorded with the weights (refuses a mix)
+            pre = Preprocessing(img_size=model_cfg.img_size, crop=crop_settings_of(records) or CropSettings())
         model = build_pretrainer(model_cfg)
         if init is not None and not resume:
             if not isinstance(model.encoder, ViTEncoder):
