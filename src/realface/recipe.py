@@ -342,6 +342,8 @@ def run_recipe(
 
 def model_card_markdown(card: dict[str, Any]) -> str:
     """The model card as Markdown (numbers from the DFDC val split and the FF++ sample videos)."""
+    from realface.data.faceset import Preprocessing
+
     val = card["dfdc_val"]
     r = card["recipe"]
     lines = [
@@ -356,7 +358,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         + f"fine-tuned as a `{r['detector']}` detector for {r['finetune_epochs']} epochs"
         + (f", with the forgery-mask loss (weight {r['mask_weight']}) and its cell head." if r.get("mask_weight")
            and r["detector"] in ("classifier", "vit") else "."),
-        f"- Crops: aligned faces, face box scaled by {card['preprocessing']['crop_margin']}, {r['crop_size']} px.",
+        f"- Crops: aligned faces, face box scaled by {Preprocessing.from_dict(card['preprocessing']).crop.margin}, "
+        f"{r['crop_size']} px, resized to {r['img_size']} px.",
         "",
         "## Data",
         *[f"- {k.replace('_', ' ')}: {v}" for k, v in card["data"].items()],
