@@ -1,9 +1,10 @@
-"""The ablation that decides the default: one choice changed at a time from the `cpu` recipe, same budget per row.
+"""The ablation behind the ViT-tiny default (until 2026-12): one choice changed at a time from the `cpu-vit` recipe,
+same budget per row. (The equal-wall-clock ablation over encoders that decides the CNN default is still to come.)
 
 Every row is the recipe's own code (`realface.recipe.pretrain_stage` / `finetune_stage`) with one setting
-changed from the `cpu` preset without its forgery-mask loss (the base row):
+changed from the `cpu-vit` preset without its forgery-mask loss (the base row):
 
-- pretraining (each a full `cpu`-preset pretraining run on the recipe's real faces, same epochs and batch):
+- pretraining (each a full `cpu-vit`-preset pretraining run on the recipe's real faces, same epochs and batch):
   none (random init) vs MAE with random masking vs CRFR-P vs CRFR-P + self-distillation (= the recipe's, reused
   from its work folder when its settings match);
 - detector: vit vs rffr vs competitive (the competitive row also reports the AUC of its one-branch export);
@@ -15,7 +16,7 @@ cosine cycle. Measured on the whole DFDC val split (never trained on; it is the 
 selected on, so these are validation numbers, not a cross-dataset test), with a 95% cluster-bootstrap interval
 over the `group` column (a source video and its fakes).
 
-    python benchmarks/ablation.py --work runs/recipe-cpu --out runs/ablation2 [--steps 150]
+    python benchmarks/ablation.py --work runs/recipe-cpu-vit --out runs/ablation2 [--steps 150]
 
 Resumable: finished runs are kept in OUT and reused. Prints a Markdown table and writes OUT/ablation.json.
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 PRETRAININGS = {
-    # name -> changes to the cpu preset (None: no pretraining)
+    # name -> changes to the cpu-vit preset (None: no pretraining)
     "none": None,
     "MAE, random masking": {"mask": "random", "distill_weight": 0.0},
     "CRFR-P": {"distill_weight": 0.0},
@@ -40,7 +41,7 @@ PRETRAININGS = {
 }
 BASE_PRETRAINING = "CRFR-P + self-distillation"
 ROWS = [
-    # (axis, row name, pretraining, changes to the cpu preset's fine-tuning)
+    # (axis, row name, pretraining, changes to the cpu-vit preset's fine-tuning)
     *[("pretraining", name, name, {}) for name in PRETRAININGS],
     ("detector", "rffr (2x2 blocks)", BASE_PRETRAINING, {"detector": "rffr"}),
     ("detector", "competitive", BASE_PRETRAINING, {"detector": "competitive"}),
@@ -133,7 +134,7 @@ def exported_scores(run: Path, paths: list[str], workers: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="the work folder of `realface recipe cpu`")
+    parser.add_argument("--work", type=Path, required=True, help="the work folder of `realface recipe cpu-vit`")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning optimizer steps per row")
     parser.add_argument("--device", default="auto")
@@ -145,10 +146,10 @@ def main() -> None:
 
     # The rows run without the patch head (mask_weight 0), as the preset did when the table was first measured;
     # the forgery-mask row switches it on.
-    base = replace(PRESETS["cpu"], mask_weight=0.0, finetune_epochs=1, max_steps_per_epoch=args.steps)
+    base = replace(PRESETS["cpu-vit"], mask_weight=0.0, finetune_epochs=1, max_steps_per_epoch=args.steps)
     dfdc = args.work / "faces" / "dfdc" / "manifest.csv"
     if not dfdc.is_file():
-        raise SystemExit(f"{dfdc} not found: run `realface recipe cpu --work {args.work}` (its preprocess stage) first")
+        raise SystemExit(f"{dfdc} not found: run `realface recipe cpu-vit --work {args.work}` (its preprocess stage) first")
     args.out.mkdir(parents=True, exist_ok=True)
     by_name = {r[1]: r for r in ROWS}
     rows = ROWS if args.rows is None else [by_name[n] for n in args.rows if n in by_name]  # in the order given

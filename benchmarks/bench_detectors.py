@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from realface.models.detectors import DETECTORS, Detector, DetectorConfig, build_detector
+from realface.models.detectors import DETECTORS, Detector, DetectorConfig, RFFROptions, build_detector
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,8 @@ def main() -> None:
         base = {"name": name, "encoder": args.encoder, "img_size": args.img}
         if name == "rffr":
             for k in args.rffr_blocks:
-                cfg = DetectorConfig(**base, rffr_blocks=k)
-                side = cfg.img_size // cfg.mae_mask_cell
+                cfg = DetectorConfig(**base, options=RFFROptions(blocks=k))
+                side = cfg.img_size // cfg.options.mae_mask_cell
                 cases.append((f"rffr, {k}x{k} blocks ({k * k} MAE variants/face, {side}x{side} mask cells)", cfg))
         else:
             cases.append((name, DetectorConfig(**base)))

@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 
 from bench_detectors import infer_speed, machine, train_speed
-from realface.models.detectors import DetectorConfig, build_detector
+from realface.models.detectors import ClassifierOptions, DetectorConfig, build_detector
 from realface.models.encoders import ENCODERS
 
 
 def measure(encoder: str, side: int, batch: int, infer_batch: int, steps: int, warmup: int, channels_last: bool) -> dict:
     torch.manual_seed(0)
-    cfg = DetectorConfig(name="classifier", encoder=encoder, img_size=side, mask_weight=1.0)
+    cfg = DetectorConfig(name="classifier", encoder=encoder, img_size=side, options=ClassifierOptions(mask_weight=1.0))
     detector = build_detector(cfg)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     detector = detector.to(memory_format=fmt)

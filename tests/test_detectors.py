@@ -11,7 +11,14 @@ import torch
 
 from realface.data.faceset import Preprocessing
 from realface.errors import RealfaceError
-from realface.models.detectors import DETECTORS, DetectorConfig, build_detector
+from realface.models.detectors import (
+    DETECTORS,
+    ClassifierOptions,
+    DetectorConfig,
+    RFFROptions,
+    build_detector,
+    options_for,
+)
 from realface.models.detectors.competitive import (
     dirichlet_alpha,
     dirichlet_uncertainty,
@@ -28,9 +35,11 @@ from realface.train.schedule import param_groups
 SIZE = 48  # 3x3 patch grid with vit_tiny's 16-px patches: odd, so rffr with 2 blocks per side needs padding
 
 
-def small_config(name: str, **kw: object) -> DetectorConfig:
-    base = {"name": name, "encoder": "vit_tiny_patch16", "img_size": SIZE, "rffr_blocks": 2, "drop_path": 0.1}
-    return DetectorConfig(**{**base, **kw})
+def small_config(name: str, opts: dict | None = None, **kw: object) -> DetectorConfig:
+    """A small config; rffr with 2 blocks per side unless `opts` says otherwise."""
+    opts = {**({"blocks": 2} if name == "rffr" else {}), **(opts or {})}
+    base = {"name": name, "encoder": "vit_tiny_patch16", "img_size": SIZE, "drop_path": 0.1}
+    return DetectorConfig(**{**base, **kw}, options=options_for(name, opts))
 
 
 def faces(n: int, seed: int = 0, size: int = SIZE) -> torch.Tensor:
@@ -48,7 +57,7 @@ def rffr_detector():
 def competitive_detector():
     """A competitive detector whose branch 2 was moved away from branch 1, so the branches disagree."""
     torch.manual_seed(0)
-    detector = build_detector(small_config("competitive", corr_weight=1.0)).eval()
+    detector = build_detector(small_config("competitive", {"corr_weight": 1.0})).eval()
     with torch.no_grad():
         for p in detector.branches[1].parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -119,12 +128,19 @@ def test_layer_of_orders_embeddings_blocks_and_head(competitive_detector):
 
 
 def test_config_checks_and_round_trip():
-    cfg = small_config("rffr", rffr_blocks=3, pool="cls")
+    cfg = small_config("rffr", {"blocks": 3}, pool="cls")
     assert DetectorConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["options"]["blocks"] == 3
+    # configs written before options had their own dataclasses: every detector's options flat, name "vit"
+    old = {"name": "vit", "encoder": "vit_tiny_patch16", "img_size": SIZE, "rffr_blocks": 4, "mask_weight": 1.0,
+           "fusion_lambda": 1.0, "mae_decoder_dim": 128}  # fmt: skip
+    assert DetectorConfig.from_dict(old).options == ClassifierOptions(mask_weight=1.0)
+    with pytest.raises(RealfaceError, match="has no option mask_weight"):
+        options_for("rffr", {"mask_weight": 1.0})
     with pytest.raises(RealfaceError, match="unknown detector"):
         small_config("resnet")
-    with pytest.raises(RealfaceError, match="rffr_blocks"):
-        small_config("rffr", rffr_blocks=4)  # a 3x3 grid holds at most 3 blocks per side
+    with pytest.raises(RealfaceError, match="rffr blocks"):
+        small_config("rffr", {"blocks": 4})  # a 3x3 grid holds at most 3 blocks per side
     with pytest.raises(RealfaceError, match="freeze"):
         small_config("competitive", freeze=True)
     with pytest.raises(RealfaceError, match="pool"):
@@ -248,11 +264,12 @@ def test_competitive_correlation_loss_moves_only_branch_two(competitive_detector
     out, labels = detector(faces(2)), torch.tensor([0, 1])
     with_corr, parts = detector.loss(out, labels, progress=0.0)
     assert 0 < parts["corr"] < 1
-    detector.config = dataclasses.replace(detector.config, corr_weight=0.0)
+    config = detector.config
+    detector.config = dataclasses.replace(config, options=dataclasses.replace(config.options, corr_weight=0.0))
     try:
         without_corr, _ = detector.loss(out, labels, progress=0.0)
     finally:
-        detector.config = dataclasses.replace(detector.config, corr_weight=1.0)
+        detector.config = config
     (with_corr - without_corr).backward()  # the gradient of the correlation term alone
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in detector.branches[0].parameters())
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in detector.branches[1].parameters())
@@ -305,15 +322,16 @@ def test_load_pretrainer_round_trip_and_builders_copy_the_encoder(tmp_path):
     state = encoder_state(loaded)
     assert state.keys() == pretrainer.encoder.state_dict().keys()
 
-    rffr = build_detector(DetectorConfig.for_pretrainer("rffr", cfg, rffr_blocks=2), loaded)
-    random_init = build_detector(DetectorConfig.for_pretrainer("vit", cfg))
+    rffr = build_detector(DetectorConfig(name="rffr", options=RFFROptions(blocks=2)).for_pretrainer(cfg), loaded)
+    random_init = build_detector(DetectorConfig(name="vit").for_pretrainer(cfg))
     for encoder in (rffr.face_encoder, rffr.residual_encoder, rffr.mae.encoder):
         for key, value in encoder.state_dict().items():
             torch.testing.assert_close(value, state[key])
     assert not torch.equal(random_init.encoder.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
     torch.testing.assert_close(rffr.mae.decoder_pred.weight, pretrainer.mae.decoder_pred.weight)
 
-    bigger = build_detector(DetectorConfig.for_pretrainer("vit", cfg, img_size=64), loaded)  # pos embed resampled
+    bigger_cfg = dataclasses.replace(DetectorConfig(name="vit").for_pretrainer(cfg), img_size=64)
+    bigger = build_detector(bigger_cfg, loaded)  # pos embed resampled
     assert bigger(faces(1, size=64)).logits.shape == (1, 2)
     with pytest.raises(RealfaceError, match="differs"):
         build_detector(DetectorConfig(name="vit", encoder="vit_small_patch16", img_size=32), loaded)

@@ -20,7 +20,7 @@ from realface.data.labelled import DetectionFaces, build_items
 from realface.errors import RealfaceError
 from realface.faces.align import CropSettings, apply_matrix
 from realface.faces.manifest import read_face_manifest
-from realface.models.detectors import DetectorConfig, build_detector
+from realface.models.detectors import ClassifierOptions, DetectorConfig, build_detector, options_for
 from realface.models.detectors.base import patch_mask_loss
 
 
@@ -159,7 +159,7 @@ def test_patch_mask_loss_counts_only_known_targets():
 
 def test_patch_head_and_its_heatmap():
     torch.manual_seed(0)
-    detector = build_detector(DetectorConfig(img_size=64, mask_weight=1.0)).eval()
+    detector = build_detector(DetectorConfig(img_size=64, options=ClassifierOptions(mask_weight=1.0))).eval()
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out = detector(images)
@@ -171,9 +171,9 @@ def test_patch_head_and_its_heatmap():
     assert maps[:, 8, 8].tolist() == pytest.approx(probs[:, 0, 0].tolist(), abs=0.05)
     assert "patch_logits" not in build_detector(DetectorConfig(img_size=64))(images).extras
     with pytest.raises(RealfaceError, match="mask"):
-        DetectorConfig(name="rffr", img_size=64, rffr_blocks=2, mask_weight=1.0)
+        DetectorConfig(name="rffr", img_size=64, options=options_for("rffr", {"blocks": 2, "mask_weight": 1.0}))
     with pytest.raises(RealfaceError, match="mask"):
-        DetectorConfig(mask_weight=-1.0)
+        DetectorConfig(options=ClassifierOptions(mask_weight=-1.0))
 
 
 def test_finetune_with_mask_weight_trains_the_patch_head_and_exports_it(dfdc_pairs, tmp_path):
@@ -186,7 +186,7 @@ def test_finetune_with_mask_weight_trains_the_patch_head_and_exports_it(dfdc_pai
         log = list(csv.DictReader(f))
     assert log and all(0.0 < float(r["mask"]) < 5.0 for r in log)
     bundle = load_bundle(run)
-    assert bundle.config.mask_weight == 1.0 and bundle.detector.patch_head is not None
+    assert bundle.config.options.mask_weight == 1.0 and bundle.detector.patch_head is not None
     faces = DetectionFaces(build_items(read_face_manifest(dfdc_pairs)[:2]), bundle.pre)
     maps = bundle.detector.eval().heatmap(torch.stack([faces[i]["image"] for i in range(2)]))
     assert maps.shape == (2, 64, 64)

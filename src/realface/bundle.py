@@ -23,7 +23,8 @@ import torch
 from realface.data.faceset import Preprocessing
 from realface.faces.align import CropSettings
 from realface.errors import RealfaceError
-from realface.models.detectors import Detector, DetectorConfig, build_detector
+from realface.models.detectors import ALIASES, DETECTORS, Detector, DetectorConfig, build_detector
+from realface.models.detectors.base import split_detector_dict
 from realface.models.encoders import weights_to_be_loaded
 from realface.train import checkpoint as ckpt
 
@@ -205,6 +206,18 @@ def _check_decision(where: str, decision: dict[str, Any]) -> None:
         raise _fail(where, "decision.val", "a JSON object", decision.get("val"))
 
 
+def _check_detector(where: str, detector: dict[str, Any]) -> None:
+    """The shared fields, then the named detector's own options (configs in the old flat layout included)."""
+    try:
+        shared, options = split_detector_dict(detector)
+    except RealfaceError as err:
+        raise RealfaceError(f"{where}: detector: {err}") from None
+    _check_fields(where, "detector", shared, DetectorConfig)
+    name = ALIASES.get(str(shared.get("name", "classifier")), str(shared.get("name", "classifier")))
+    if name in DETECTORS:
+        _check_fields(where, "detector.options", options, DETECTORS[name].options)
+
+
 def validate_config(config: Any, where: str, decision: Any = None) -> None:
     """Check a model's config.json field by field; RealfaceError naming the field, before anything is built.
 
@@ -218,8 +231,7 @@ def validate_config(config: Any, where: str, decision: Any = None) -> None:
         raise _fail(where, "kind", "'detector' (a finetune run) or 'detector-export'", kind)
     if kind not in ("detector", "detector-export"):
         raise RealfaceError(f"{where}: holds a {kind!r} run, not a detector (finetune one from it first)")
-    detector = _section(where, config, "detector", required=True)
-    _check_fields(where, "detector", detector, DetectorConfig)
+    _check_detector(where, _section(where, config, "detector", required=True))
     _check_preprocessing(where, _section(where, config, "preprocessing", required=True))
     if kind == "detector-export":
         _check_decision(where, _section(where, config, "decision", required=False) or {})

@@ -439,12 +439,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--drop-path", type=float, default=0.1)
     d.add_argument("--label-smoothing", type=float, default=0.1)
     d.add_argument("--layer-decay", type=float, default=0.75)
-    d.add_argument("--rffr-blocks", type=int, default=4, help="rffr: blocks per side of the MAE's mask grid")
-    d.add_argument("--fusion-lambda", type=float, default=1.0, help="competitive: softmax(-lambda * u) fusion")
-    d.add_argument("--corr-weight", type=float, default=0.1, help="competitive: decorrelation loss weight")
-    d.add_argument("--mask-weight", type=float, default=0.0,
+    d.add_argument("--rffr-blocks", type=int, default=None, help="rffr: blocks per side of the MAE's mask grid (4)")
+    d.add_argument("--fusion-lambda", type=float, default=None, help="competitive: softmax(-lambda * u) fusion (1)")
+    d.add_argument("--corr-weight", type=float, default=None, help="competitive: decorrelation loss weight (0.1)")
+    d.add_argument("--mask-weight", type=float, default=None,
                    help="classifier: weight of the per-cell forgery-mask loss on the encoder's feature map (SBI blend "
-                        "masks, and fake-minus-real differences for fakes whose real shares their group); 0 = no cell head")
+                        "masks, and fake-minus-real differences for fakes whose real shares their group); 0 = no cell head "
+                        "(default)")
     f = p.add_argument_group("training data")
     f.add_argument("--pseudo-fakes", choices=("none", "sbi"), default="none", help="add SBI pseudo-fakes of real faces")
     f.add_argument("--sbi-ratio", type=float, default=1.0, help="SBI fakes per real face (with --pseudo-fakes sbi)")
@@ -461,8 +462,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from realface.models.detectors import DetectorConfig
+    from realface.models.detectors import DetectorConfig, options_for
     from realface.train.finetune import finetune
+
+    given = {"blocks": args.rffr_blocks, "fusion_lambda": args.fusion_lambda, "corr_weight": args.corr_weight,
+             "mask_weight": args.mask_weight}  # fmt: skip
+    options = options_for(args.detector, {k: v for k, v in given.items() if v is not None})  # an option of another detector: error
 
     detector_cfg = DetectorConfig(
         name=args.detector,
@@ -473,10 +478,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         freeze=args.freeze,
         label_smoothing=args.label_smoothing,
         layer_decay=args.layer_decay,
-        rffr_blocks=args.rffr_blocks,
-        fusion_lambda=args.fusion_lambda,
-        corr_weight=args.corr_weight,
-        mask_weight=args.mask_weight,
+        options=options,
     )
     history = finetune(
         args.data,

@@ -216,7 +216,7 @@ def finetune_stage(
 ) -> None:
     """Fine-tune a detector on the labelled manifests `data` (val = their split=val rows) from the pretraining run
     `pretrained` (None: random init) with the recipe's settings; resumes, and skips a finished run."""
-    from realface.models.detectors import DetectorConfig
+    from realface.models.detectors import DetectorConfig, options_for
     from realface.train.engine import TrainConfig
     from realface.train.finetune import finetune
 
@@ -227,8 +227,9 @@ def finetune_stage(
     finetune(
         data, run,
         detector_cfg=DetectorConfig(name=cfg.detector, encoder=cfg.encoder, img_size=cfg.img_size, drop_path=cfg.drop_path,
-                                    layer_decay=cfg.layer_decay, rffr_blocks=cfg.rffr_blocks, mae_mask_cell=cfg.mask_cell,
-                                    mask_weight=cfg.mask_weight if cfg.detector in ("classifier", "vit") else 0.0),
+                                    layer_decay=cfg.layer_decay,
+                                    options=options_for(cfg.detector, {"blocks": cfg.rffr_blocks, "mae_mask_cell": cfg.mask_cell,
+                                                                       "mask_weight": cfg.mask_weight}, strict=False)),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=0),
         pretrained=pretrained, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
@@ -309,7 +310,7 @@ def run_recipe(
         ffpp = measure_ffpp(shipped, shared, cfg.frames)
         robustness = measure_robustness(shipped, val_records, probs, cfg.workers)
         where = None
-        if shipped.config.mask_weight > 0:
+        if shipped.config.options.cell_targets:
             with_maps = DetectionFaces(build_items(val_records), bundle.pre, mask_grid=shipped.config.grid)
             where = localization_report(shipped.detector, with_maps, workers=cfg.workers)
 

@@ -35,9 +35,6 @@ from realface.train.pretrain import load_face_records
 from realface.train.schedule import param_groups
 
 VAL_SCORES = "val_scores.csv"  # the selected checkpoint's score of every validation face
-# Detector settings that a pretraining run fixes (see DetectorConfig.for_pretrainer).
-INHERITED = ("name", "encoder", "img_size", "mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix",
-             "mae_mask_cell")
 
 
 def training_crop(records: list, crop_size: int | None = None) -> CropSettings:
@@ -228,8 +225,7 @@ def finetune(
         if pretrained is not None and not resume:
             pretrainer, pre = load_pretrainer(pretrained)
             # The encoder (size, input side) and the MAE that rffr keeps come from the pretraining run.
-            own = {k: v for k, v in detector_cfg.to_dict().items() if k not in INHERITED}
-            detector_cfg = DetectorConfig.for_pretrainer(detector_cfg.name, pretrainer.config, **own)
+            detector_cfg = detector_cfg.for_pretrainer(pretrainer.config)
             pre = replace(pre, crop=crop)
         elif resume:
             pre = Preprocessing.from_dict(saved["preprocessing"])
@@ -241,7 +237,7 @@ def finetune(
             raise RealfaceError("training needs both classes: add labelled fakes or --pseudo-fakes sbi")
         train_set = DetectionFaces(
             items, pre, seed=train_cfg.seed, augment=WildAugmentConfig() if augment else None,
-            mask_grid=detector_cfg.grid if detector_cfg.mask_weight > 0 else None,
+            mask_grid=detector_cfg.grid if detector_cfg.options.cell_targets else None,
         )  # fmt: skip
         val_set = None
         if val_records:

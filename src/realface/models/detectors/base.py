@@ -7,7 +7,7 @@ is "fake".
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,10 +26,28 @@ NUM_CLASSES = 2  # 0 = real, 1 = fake
 
 
 @dataclass(frozen=True)
+class DetectorOptions:
+    """Base of each detector's own options (a frozen dataclass registered with the detector)."""
+
+    @property
+    def cell_targets(self) -> bool:
+        """Whether training must give each face its per-cell forgery targets (a cell head is on)."""
+        return False
+
+    def check(self, config: DetectorConfig) -> None:
+        """Raise RealfaceError for values that do not fit the rest of `config` (e.g. its grid)."""
+
+    def for_pretrainer(self, model_cfg: ModelConfig) -> DetectorOptions:
+        """These options with whatever a pretraining run fixes (e.g. rffr's MAE decoder shape)."""
+        return self
+
+
+@dataclass(frozen=True)
 class DetectorConfig:
     """Everything needed to rebuild a detector; saved as JSON next to its weights.
 
-    Fields marked (rffr) or (competitive) are read only by that detector and ignored by the others.
+    The fields here are read by every detector; what only one detector reads is in its own options dataclass
+    (`options`, e.g. `ClassifierOptions`, `RFFROptions`, `CompetitiveOptions`), None meaning its defaults.
     """
 
     name: str = "classifier"  # detector, a name in realface.models.detectors.DETECTORS ("vit" is an old alias)
@@ -37,20 +55,10 @@ class DetectorConfig:
     img_size: int = 224  # input side in pixels, a multiple of the encoder's stride
     pool: str = "avg"  # "avg": mean of the feature map; "cls": a ViT's CLS token
     drop_path: float = 0.1  # stochastic depth rate of the trained encoders
-    freeze: bool = False  # linear probe: encoders frozen (eval mode, no grad), only the heads train (vit, rffr)
+    freeze: bool = False  # linear probe: encoders frozen (eval mode, no grad), only the heads train
     label_smoothing: float = 0.1  # label smoothing of the cross-entropy losses
     layer_decay: float = 0.75  # layer-wise lr decay for the training loop (lr * decay ** (num_layers - layer)); 1 = off
-    rffr_blocks: int = 4  # (rffr) k: the patch grid is tiled by k*k blocks, each reconstructed from the rest
-    mae_decoder_dim: int = 256  # (rffr) width of the frozen MAE's decoder (copied from the pretrainer)
-    mae_decoder_depth: int = 4  # (rffr) blocks of the frozen MAE's decoder
-    mae_decoder_heads: int = 8  # (rffr) attention heads of the frozen MAE's decoder
-    mae_norm_pix: bool = True  # (rffr) the MAE predicts per-patch normalized pixels
-    mae_mask_cell: int = 16  # (rffr) the MAE's mask cell in pixels (a ViT's patch); rffr's blocks tile its grid
-    fusion_lambda: float = 1.0  # (competitive) branch fusion weights = softmax(-fusion_lambda * (u1, u2))
-    corr_weight: float = 0.1  # (competitive) weight of the Pearson decorrelation loss
-    edl_weight: float = 1.0  # (competitive) weight of each branch's evidential loss
-    edl_anneal: float = 0.5  # (competitive) the EDL KL term ramps 0 -> 1 over this fraction of training; 0 = full at once
-    mask_weight: float = 0.0  # (classifier) weight of the per-cell forgery-mask loss; > 0 adds the cell head, 0 = none
+    options: DetectorOptions | None = None  # the detector's own options; None = its defaults
 
     def __post_init__(self) -> None:
         from realface.models.detectors import ALIASES, DETECTORS  # the registry imports this module
@@ -58,6 +66,11 @@ class DetectorConfig:
         object.__setattr__(self, "name", ALIASES.get(self.name, self.name))
         if self.name not in DETECTORS:
             raise RealfaceError(f"unknown detector {self.name!r}; choose one of {', '.join(DETECTORS)}")
+        kind = DETECTORS[self.name].options
+        if self.options is None:
+            object.__setattr__(self, "options", kind())
+        elif type(self.options) is not kind:
+            raise RealfaceError(f"detector {self.name!r} takes {kind.__name__}, got {type(self.options).__name__}")
         info = encoder_info(self.encoder)
         info.check_size(self.img_size)
         if self.pool not in POOLS or (self.pool == "cls" and info.family != "vit"):
@@ -68,54 +81,76 @@ class DetectorConfig:
             raise RealfaceError(f"label_smoothing {self.label_smoothing} must be in [0, 1)")
         if not 0.0 < self.layer_decay <= 1.0:
             raise RealfaceError(f"layer_decay {self.layer_decay} must be in (0, 1]; 1 turns it off")
-        side = self.img_size // self.mae_mask_cell
-        if self.rffr_blocks < 2 or (self.name == "rffr" and self.rffr_blocks > side):
-            raise RealfaceError(
-                f"rffr_blocks {self.rffr_blocks} must be in [2, {side}] (blocks per side of the {side}x{side} grid)"
-            )
-        for key in ("mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads"):
-            if getattr(self, key) <= 0:
-                raise RealfaceError(f"{key} must be positive, got {getattr(self, key)}")
-        if self.fusion_lambda < 0 or self.corr_weight < 0 or self.edl_weight < 0:
-            raise RealfaceError("fusion_lambda, corr_weight and edl_weight must be >= 0 (0 turns a term off)")
-        if not 0.0 <= self.edl_anneal <= 1.0:
-            raise RealfaceError(f"edl_anneal {self.edl_anneal} must be a fraction of training in [0, 1]")
-        if self.mask_weight < 0 or (self.mask_weight > 0 and self.name != "classifier"):
-            raise RealfaceError(f"mask_weight {self.mask_weight}: a forgery-mask head (> 0) is a 'classifier' detector option")
-        if self.freeze and self.name == "competitive":
-            raise RealfaceError("freeze is not supported by 'competitive': its branches must train to diverge")
+        self.options.check(self)
 
     @property
     def grid(self) -> tuple[int, int]:
-        """(rows, cols) of the encoder's feature map: the cells of the forgery-mask head and of rffr's blocks."""
+        """(rows, cols) of the encoder's feature map: the cells of the forgery-mask head."""
         return encoder_info(self.encoder).grid(self.img_size)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}, "options": asdict(self.options)}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> DetectorConfig:
-        """Build from a dict (e.g. JSON); unknown keys raise RealfaceError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RealfaceError(f"unknown detector config keys: {', '.join(unknown)}")
-        return cls(**data)  # type: ignore[arg-type]
+        """Build from a dict (e.g. JSON); unknown keys raise RealfaceError. Reads configs written before options
+        had their own dataclasses (every detector's options flat in one dict, e.g. "rffr_blocks")."""
+        shared, options = split_detector_dict(data)
+        return cls(**shared, options=options_for(str(shared.get("name", "classifier")), options))  # type: ignore[arg-type]
 
-    @classmethod
-    def for_pretrainer(cls, name: str, model_cfg: ModelConfig, **overrides: object) -> DetectorConfig:
-        """A config whose encoder, input size and MAE decoder shape are the pretrainer's; `overrides` win."""
-        base: dict[str, object] = {
-            "name": name,
-            "encoder": model_cfg.encoder,
-            "img_size": model_cfg.img_size,
-            "mae_decoder_dim": model_cfg.decoder_dim,
-            "mae_decoder_depth": model_cfg.decoder_depth,
-            "mae_decoder_heads": model_cfg.decoder_heads,
-            "mae_norm_pix": model_cfg.norm_pix_loss,
-            "mae_mask_cell": model_cfg.mask_cell,
-        }
-        return cls.from_dict({**base, **overrides})
+    def for_pretrainer(self, model_cfg: ModelConfig) -> DetectorConfig:
+        """This config with the encoder, input size and anything else a pretraining run fixes."""
+        return replace(self, encoder=model_cfg.encoder, img_size=model_cfg.img_size, options=self.options.for_pretrainer(model_cfg))
+
+
+# Flat keys of configs written before per-detector options: old name -> (detector, option name).
+LEGACY_OPTIONS: dict[str, tuple[str, str]] = {
+    "mask_weight": ("classifier", "mask_weight"),
+    "rffr_blocks": ("rffr", "blocks"),
+    **{k: ("rffr", k) for k in ("mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_norm_pix", "mae_mask_cell")},
+    **{k: ("competitive", k) for k in ("fusion_lambda", "corr_weight", "edl_weight", "edl_anneal")},
+}
+
+
+def split_detector_dict(data: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """(shared fields, the named detector's options) of a detector config dict, old flat layout included; keys
+    that are neither raise RealfaceError."""
+    from realface.models.detectors import ALIASES
+
+    data = dict(data)
+    name = ALIASES.get(str(data.get("name", "classifier")), str(data.get("name", "classifier")))
+    options = data.pop("options", None) or {}
+    if not isinstance(options, dict):
+        raise RealfaceError(f"detector options must be a JSON object, got {options!r}")
+    options = dict(options)
+    for key in [k for k in data if k in LEGACY_OPTIONS]:
+        owner, option = LEGACY_OPTIONS[key]
+        value = data.pop(key)
+        if owner == name:  # (old configs held every detector's options; the others' are dropped)
+            options.setdefault(option, value)
+    known = {f.name for f in fields(DetectorConfig)} - {"options"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RealfaceError(f"unknown detector config keys: {', '.join(unknown)}")
+    return data, options
+
+
+def options_for(name: str, values: dict[str, object], strict: bool = True) -> DetectorOptions:
+    """The options dataclass of detector `name` from `values`; a key it does not take raises RealfaceError (or,
+    with strict False, is left out: e.g. a recipe's settings for other detectors)."""
+    from realface.models.detectors import ALIASES, DETECTORS
+
+    name = ALIASES.get(name, name)
+    if name not in DETECTORS:
+        raise RealfaceError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    kind = DETECTORS[name].options
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - known)
+    if unknown and strict:
+        raise RealfaceError(
+            f"detector {name!r} has no option {', '.join(unknown)} (its options: {', '.join(sorted(known)) or 'none'})"
+        )
+    return kind(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass

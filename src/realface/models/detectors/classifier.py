@@ -10,6 +10,8 @@ tokens, a CNN's last stage), the logit that the cell was forged, trained on wher
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +19,7 @@ from realface.models.detectors.base import (
     ClassifierHead,
     Detector,
     DetectorConfig,
+    DetectorOptions,
     DetectorOutput,
     ce_loss,
     freeze_,
@@ -24,8 +27,24 @@ from realface.models.detectors.base import (
     output_from_logits,
     patch_mask_loss,
 )
+from realface.errors import RealfaceError
 from realface.models.encoders import Encoder
 from realface.models.pretrainer import Pretrainer
+
+
+@dataclass(frozen=True)
+class ClassifierOptions(DetectorOptions):
+    """Options of the `classifier` detector."""
+
+    mask_weight: float = 0.0  # weight of the per-cell forgery-mask loss; > 0 adds the cell head, 0 = none
+
+    @property
+    def cell_targets(self) -> bool:
+        return self.mask_weight > 0
+
+    def check(self, config: DetectorConfig) -> None:
+        if self.mask_weight < 0:
+            raise RealfaceError(f"mask_weight {self.mask_weight} must be >= 0 (0 = no cell head)")
 
 
 class PatchHead(torch.nn.Module):
@@ -55,7 +74,7 @@ class ClassifierDetector(Detector):
         super().__init__(config)
         self.encoder = freeze_(encoder) if config.freeze else encoder
         self.head = head if head is not None else ClassifierHead(encoder.out_channels)
-        if patch_head is None and config.mask_weight > 0:
+        if patch_head is None and config.options.cell_targets:
             patch_head = PatchHead(encoder.out_channels)
         self.patch_head = patch_head
 
@@ -89,7 +108,7 @@ class ClassifierDetector(Detector):
         if "patch_logits" not in output.extras or not targets or "mask" not in targets:
             return ce, parts
         mask = patch_mask_loss(output.extras["patch_logits"], targets["mask"], targets["mask_known"])
-        return ce + self.config.mask_weight * mask, {**parts, "mask": mask.detach()}
+        return ce + self.config.options.mask_weight * mask, {**parts, "mask": mask.detach()}
 
 
 def build_classifier(config: DetectorConfig, pretrainer: Pretrainer | None) -> ClassifierDetector:

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from realface.errors import RealfaceError
 from realface.models.detectors.base import (
     ClassifierHead,
     Detector,
     DetectorConfig,
+    DetectorOptions,
     DetectorOutput,
     ce_loss,
     check_labels,
@@ -35,9 +38,27 @@ from realface.models.detectors.base import (
     make_encoder,
     output_from_logits,
 )
-from realface.models.detectors.classifier import ClassifierDetector
+from realface.models.detectors.classifier import ClassifierDetector, ClassifierOptions
 from realface.models.encoders import Encoder
 from realface.models.pretrainer import Pretrainer
+
+
+@dataclass(frozen=True)
+class CompetitiveOptions(DetectorOptions):
+    """Options of the `competitive` detector."""
+
+    fusion_lambda: float = 1.0  # branch fusion weights = softmax(-fusion_lambda * (u1, u2))
+    corr_weight: float = 0.1  # weight of the Pearson decorrelation loss
+    edl_weight: float = 1.0  # weight of each branch's evidential loss
+    edl_anneal: float = 0.5  # the EDL KL term ramps 0 -> 1 over this fraction of training; 0 = full at once
+
+    def check(self, config: DetectorConfig) -> None:
+        if self.fusion_lambda < 0 or self.corr_weight < 0 or self.edl_weight < 0:
+            raise RealfaceError("fusion_lambda, corr_weight and edl_weight must be >= 0 (0 turns a term off)")
+        if not 0.0 <= self.edl_anneal <= 1.0:
+            raise RealfaceError(f"edl_anneal {self.edl_anneal} must be a fraction of training in [0, 1]")
+        if config.freeze:
+            raise RealfaceError("freeze is not supported by 'competitive': its branches must train to diverge")
 
 
 def pearson_loss(f1: torch.Tensor, f2: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -106,7 +127,7 @@ class CompetitiveDetector(Detector):
         f1, f2 = self.branch_features(images)
         z1, z2 = self.head(f1), self.head(f2)  # (N, 2) each
         u = torch.stack([dirichlet_uncertainty(dirichlet_alpha(z)) for z in (z1, z2)], dim=1)  # (N, 2)
-        w = fusion_weights(u.detach(), self.config.fusion_lambda)  # (N, 2)
+        w = fusion_weights(u.detach(), self.config.options.fusion_lambda)  # (N, 2)
         fused = w[:, :1].to(f1.dtype) * f1 + w[:, 1:].to(f2.dtype) * f2  # (N, D)
         extras = {"features_b1": f1, "features_b2": f2, "logits_b1": z1, "logits_b2": z2, "u": u, "weights": w}
         return output_from_logits(self.head(fused), (w * u).sum(dim=1), extras)
@@ -114,11 +135,11 @@ class CompetitiveDetector(Detector):
     def loss(
         self, output: DetectorOutput, labels: torch.Tensor, progress: float = 0.0, targets: dict | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg, ex = self.config, output.extras
+        cfg, ex = self.config.options, output.extras
         check_labels(labels, output.logits.shape[0])
         check_progress(progress)
         kl_weight = 1.0 if cfg.edl_anneal == 0 else min(1.0, progress / cfg.edl_anneal)
-        ce = ce_loss(output.logits, labels, cfg.label_smoothing)
+        ce = ce_loss(output.logits, labels, self.config.label_smoothing)
         edl1 = edl_loss(ex["logits_b1"], labels, kl_weight)
         edl2 = edl_loss(ex["logits_b2"], labels, kl_weight)
         corr = pearson_loss(ex["features_b1"].detach(), ex["features_b2"])
@@ -143,7 +164,7 @@ class CompetitiveDetector(Detector):
         Its logits equal this model's `logits_b{i+1}`; it reports no uncertainty.
         """
         i = self.choose_branch(calibration)
-        config = dataclasses.replace(self.config, name="classifier")
+        config = dataclasses.replace(self.config, name="classifier", options=ClassifierOptions())
         exported = ClassifierDetector(config, copy.deepcopy(self.branches[i]), copy.deepcopy(self.head))
         return exported.train(self.training)
 

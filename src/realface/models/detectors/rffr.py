@@ -22,6 +22,8 @@ with k*k: fewer, larger blocks are faster, smaller blocks leave more context per
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 
 from realface.errors import RealfaceError
@@ -29,6 +31,7 @@ from realface.models.detectors.base import (
     ClassifierHead,
     Detector,
     DetectorConfig,
+    DetectorOptions,
     DetectorOutput,
     ce_loss,
     freeze_,
@@ -40,6 +43,32 @@ from realface.models.encoders import Encoder
 from realface.models.explain import normalize_maps
 from realface.models.mae import MaskedAutoencoder
 from realface.models.pretrainer import ModelConfig, Pretrainer, build_mae
+
+
+@dataclass(frozen=True)
+class RFFROptions(DetectorOptions):
+    """Options of the `rffr` detector; the MAE's shape is copied from the pretraining run (`for_pretrainer`)."""
+
+    blocks: int = 4  # k: the MAE's mask grid is tiled by k*k blocks, each reconstructed from the rest
+    mae_decoder_dim: int = 256  # width of the frozen MAE's decoder
+    mae_decoder_depth: int = 4  # blocks (ViT) or conv blocks per level (CNN) of the frozen MAE's decoder
+    mae_decoder_heads: int = 8  # attention heads of the frozen MAE's decoder (ViT)
+    mae_norm_pix: bool = True  # the MAE predicts per-cell normalized pixels
+    mae_mask_cell: int = 16  # the MAE's mask cell in pixels (a ViT's patch); the blocks tile its grid
+
+    def check(self, config: DetectorConfig) -> None:
+        side = config.img_size // self.mae_mask_cell
+        if not 2 <= self.blocks <= side:
+            raise RealfaceError(f"rffr blocks {self.blocks} must be in [2, {side}] (blocks per side of the {side}x{side} grid)")
+        for key in ("mae_decoder_dim", "mae_decoder_depth", "mae_decoder_heads", "mae_mask_cell"):
+            if getattr(self, key) <= 0:
+                raise RealfaceError(f"{key} must be positive, got {getattr(self, key)}")
+
+    def for_pretrainer(self, model_cfg: ModelConfig) -> RFFROptions:
+        return replace(
+            self, mae_decoder_dim=model_cfg.decoder_dim, mae_decoder_depth=model_cfg.decoder_depth,
+            mae_decoder_heads=model_cfg.decoder_heads, mae_norm_pix=model_cfg.norm_pix_loss, mae_mask_cell=model_cfg.mask_cell,
+        )  # fmt: skip
 
 
 def block_ids(grid: tuple[int, int], k: int) -> torch.Tensor:
@@ -110,8 +139,9 @@ class RFFRDetector(Detector):
         self.residual_encoder = freeze_(residual_encoder) if config.freeze else residual_encoder
         self.head = ClassifierHead(face_encoder.out_channels + residual_encoder.out_channels)
         grid = mae.grid
-        self.register_buffer("block_ids", block_ids(grid, config.rffr_blocks), persistent=False)  # (L,)
-        self.register_buffer("variant_masks", variant_masks(grid, config.rffr_blocks), persistent=False)  # (B, L)
+        k = config.options.blocks
+        self.register_buffer("block_ids", block_ids(grid, k), persistent=False)  # (L,)
+        self.register_buffer("variant_masks", variant_masks(grid, k), persistent=False)  # (B, L)
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         streams = [self.face_encoder, self.residual_encoder] if self.config.freeze else []
@@ -142,20 +172,16 @@ class RFFRDetector(Detector):
 
 def frozen_mae(config: DetectorConfig, pretrainer: Pretrainer | None) -> MaskedAutoencoder | ConvMaskedAutoencoder:
     """The MAE at the detector's input size: random, or the pretrainer's encoder and decoder weights."""
+    opts = config.options
     mae = build_mae(ModelConfig(
-        encoder=config.encoder, img_size=config.img_size, decoder_dim=config.mae_decoder_dim,
-        decoder_depth=config.mae_decoder_depth, decoder_heads=config.mae_decoder_heads,
-        norm_pix_loss=config.mae_norm_pix, mask_cell=config.mae_mask_cell, distill_weight=0.0,
+        encoder=config.encoder, img_size=config.img_size, decoder_dim=opts.mae_decoder_dim,
+        decoder_depth=opts.mae_decoder_depth, decoder_heads=opts.mae_decoder_heads,
+        norm_pix_loss=opts.mae_norm_pix, mask_cell=opts.mae_mask_cell, distill_weight=0.0,
     ))  # fmt: skip
     if pretrainer is None:
         return mae
-    src = pretrainer.config
-    if (src.decoder_dim, src.decoder_depth, src.decoder_heads, src.norm_pix_loss, src.mask_cell) != (
-        config.mae_decoder_dim, config.mae_decoder_depth, config.mae_decoder_heads, config.mae_norm_pix, config.mae_mask_cell
-    ):
-        raise RealfaceError(
-            "the rffr MAE decoder settings differ from the pretrainer's; use DetectorConfig.for_pretrainer"
-        )
+    if opts != opts.for_pretrainer(pretrainer.config):
+        raise RealfaceError("the rffr MAE decoder settings differ from the pretrainer's; use DetectorConfig.for_pretrainer")
     mae.encoder.load_pretrained(pretrainer.encoder.state_dict())
     decoder = {k: v for k, v in pretrainer.mae.state_dict().items() if not k.startswith("encoder.")}
     result = mae.load_state_dict(decoder, strict=False)  # the decoder needs no resizing: its positions are a buffer
