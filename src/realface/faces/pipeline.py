@@ -1,6 +1,16 @@
 """The face pipeline shared by `realface preprocess` (training data) and detection: detect, find 68
 landmarks, align to the 5-point template, crop. Using one `FacePipeline` for both keeps the crops a model
 sees at detection time identical to those it was trained on.
+
+A picture that is itself a face (a tight crop, as in DFDC) often defeats the frontal detector, whose window
+needs some context around the face. `FacePipeline.faces_in_image` therefore tries, each step only when the
+ones before found nothing (the `found_by` of each face names the step):
+1. "hog": the configured detector (dlib's HOG by default);
+2. "hog-padded": the same detector on the image padded by reflection, then by replication (boxes mapped back);
+3. "cnn": dlib's CNN face detector (`DlibCnnDetector`);
+4. "whole-image": the whole image as the face box, only for a crop-like image (small, near-square) whose
+   68-landmark fit passes `whole_image_fit`;
+5. "assumed": with `assume_cropped`, the whole image without any check (as before this fallback chain).
 """
 
 from __future__ import annotations
@@ -13,12 +23,18 @@ import numpy as np
 
 from realface.errors import InputError, RealfaceError
 from realface.faces.align import align_face
-from realface.faces.detect import DETECTORS, Detection, iou, make_detector
-from realface.faces.landmarks import find_landmarks
-from realface.faces.media import sample_frames
+from realface.faces.detect import DETECTORS, DlibCnnDetector, DlibHogDetector, Detection, iou, make_detector
+from realface.faces.landmarks import FIVE_IN_68, find_five_landmarks, find_landmarks
+from realface.faces.media import probe_video, read_frames, sample_frames
 
 # dlib HOG scores are >= 0; a whole-image box taken under `assume_cropped` gets this score instead.
 ASSUMED_SCORE = -1.0
+# What found a face, in the order they are tried (with the default HOG detector); see the module docstring.
+FOUND_BY: tuple[str, ...] = ("hog", "hog-padded", "cnn", "whole-image", "assumed")
+PAD_FRACTION = 0.3  # padding on each side, as a fraction of the image's longest side
+PAD_BORDERS = (cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE)  # tried in this order
+CNN_MIN_SIDE = 160  # the CNN fallback enlarges smaller images to this (its window is about 80 pixels)
+VIDEO_PROBE_FRAMES = 4  # a video without any face: fallbacks first on this many frames, all only if they find one
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,7 @@ class PipelineConfig:
     detect_min_side: int = 320  # shorter images are enlarged to this for detection (80 px HOG window)
     track_iou: float = 0.2  # least IoU that links boxes of consecutive sampled frames into one track
     crop_like_side: int = 512  # a near-square image at most this big with no face "looks like a face crop"
+    fallbacks: bool = True  # when the detector misses: padded retry, CNN detector, whole-image fit (module doc)
 
     def __post_init__(self) -> None:
         if not 32 <= self.crop_size <= 2048:
@@ -59,9 +76,10 @@ class Face:
     crop: np.ndarray  # (S, S, 3) uint8 RGB, S = crop_size
     landmarks: np.ndarray  # (68, 2) float32, crop pixels
     bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels (detector box)
-    score: float  # detector score; ASSUMED_SCORE for a whole-image box under assume_cropped
+    score: float  # detector score; whole-image: the fit's HOG score; ASSUMED_SCORE under assume_cropped
     source_landmarks: np.ndarray  # (68, 2) float32, source pixels
     matrix: np.ndarray  # (2, 3) float64, source pixels -> crop pixels
+    found_by: str = "hog"  # which step found the face: one of FOUND_BY (or the detector's label)
 
 
 @dataclass(frozen=True)
@@ -81,14 +99,76 @@ def looks_like_face_crop(height: int, width: int, max_side: int = 512) -> bool:
 def no_face_message(height: int, width: int, config: PipelineConfig) -> str:
     """One line saying no face was found, suggesting --assume-cropped when the image looks like a crop."""
     if looks_like_face_crop(height, width, config.crop_like_side) and not config.assume_cropped:
-        return f"no face found; the image ({width}x{height}) looks like a face crop: try --assume-cropped"
+        return (
+            f"no face found, not even by the fallbacks for tight crops; if the image ({width}x{height}) is a "
+            "face crop, --assume-cropped takes it whole"
+        )
     return f"no face found in the {width}x{height} image"
 
 
-def _pad_for_detection(rgb: np.ndarray, fraction: float = 0.3) -> tuple[np.ndarray, int]:
-    """Replicate the border by `fraction` of the longest side, so a face that fills the image has context."""
+def pad_for_detection(rgb: np.ndarray, border: int, fraction: float = PAD_FRACTION) -> tuple[np.ndarray, int]:
+    """Extend the image by `fraction` of its longest side on each side (cv2 border mode `border`), so a face
+    that fills the image has context around it. Returns the padded image and the padding in pixels."""
     pad = int(round(fraction * max(rgb.shape[:2])))
-    return cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE), pad
+    return cv2.copyMakeBorder(rgb, pad, pad, pad, pad, border), pad
+
+
+def detect_padded(detector, rgb: np.ndarray, border: int, **kwargs) -> list[Detection]:
+    """Faces found in the padded image, in pixels of `rgb`; boxes centred in the padding (mirror images of
+    a face near the border) are dropped. kwargs go to `detector.detect`."""
+    h, w = rgb.shape[:2]
+    padded, pad = pad_for_detection(rgb, border)
+    found = []
+    for d in detector.detect(padded, **kwargs):
+        x0, y0, x1, y1 = (v - pad for v in d.box)
+        if 0 <= (x0 + x1) / 2 < w and 0 <= (y0 + y1) / 2 < h:
+            found.append(Detection((x0, y0, x1, y1), d.score))
+    return found
+
+
+@dataclass(frozen=True)
+class WholeImageFit:
+    """Whether the whole image is one face, judged from a 68-landmark fit in the whole-image box.
+
+    Two measures, each from a model other than the one being checked:
+    - hog_score: dlib's HOG SVM score of the best window overlapping the whole-image box (IoU >= 0.3), on
+      the image padded by reflection, thresholds lowered to see near misses (-inf when no window is near);
+      a detection needs >= 0, so every image reaching this step is below 0;
+    - disagreement: mean distance between dlib's 5-point predictor and the same points of the 68-point fit,
+      in inter-ocular distances (the two predictors were trained apart; on a face they agree).
+    """
+
+    hog_score: float
+    disagreement: float
+    landmarks: np.ndarray  # (68, 2) float32, the 68-point fit in the whole-image box
+
+    @property
+    def measures(self) -> dict[str, float]:
+        return {"hog_score": self.hog_score, "disagreement": self.disagreement}
+
+    @property
+    def ok(self) -> bool:
+        """The fit passes: see WHOLE_IMAGE_FIT for the rule and the numbers behind it."""
+        return any(self.hog_score >= hog and self.disagreement <= dis for hog, dis in WHOLE_IMAGE_FIT)
+
+
+# (least hog_score, most disagreement) pairs; the fit passes when it meets either pair. Measured by
+# benchmarks/bench_tight_crops.py --features (see BENCHMARKS.md): PLACEHOLDER.
+WHOLE_IMAGE_FIT: tuple[tuple[float, float], ...] = ((-0.75, 0.35), (-1.1, 0.05))
+
+
+def whole_image_fit(rgb: np.ndarray, hog: DlibHogDetector | None = None) -> WholeImageFit:
+    """Fit 68 and 5 landmarks in the whole-image box of `rgb` (H, W, 3) uint8 and measure how face-like it is."""
+    h, w = rgb.shape[:2]
+    box = (0.0, 0.0, float(w), float(h))
+    landmarks = find_landmarks(rgb, box)
+    five = find_five_landmarks(rgb, box)
+    eye_distance = float(np.linalg.norm(landmarks[36:42].mean(0) - landmarks[42:48].mean(0)))
+    gaps = np.linalg.norm(five - landmarks[list(FIVE_IN_68)], axis=1)
+    disagreement = float(gaps.mean() / max(eye_distance, 1.0))
+    near = detect_padded(hog or DlibHogDetector(), rgb, cv2.BORDER_REFLECT_101, threshold=-3.0)
+    hog_score = max((d.score for d in near if iou(d.box, box) >= 0.3), default=float("-inf"))
+    return WholeImageFit(hog_score=hog_score, disagreement=disagreement, landmarks=landmarks)
 
 
 def link_tracks(boxes: list[list[tuple[float, float, float, float]]], min_iou: float) -> list[dict[int, int]]:
@@ -144,6 +224,8 @@ class FacePipeline:
     def __init__(self, config: PipelineConfig | None = None) -> None:
         self.config = config or PipelineConfig()
         self._detector = None
+        self._cnn = None
+        self._hog = None
 
     @property
     def detector(self):  # -> FaceDetector
@@ -152,7 +234,21 @@ class FacePipeline:
             self._detector = make_detector(c.detector, max_side=c.detect_max_side, min_side=c.detect_min_side)
         return self._detector
 
-    def face_from_box(self, rgb: np.ndarray, detection: Detection) -> Face:
+    @property
+    def cnn(self) -> DlibCnnDetector:
+        """The CNN detector of the fallback chain (loaded on first use)."""
+        if self._cnn is None:
+            self._cnn = DlibCnnDetector(max_side=self.config.detect_max_side, min_side=CNN_MIN_SIDE)
+        return self._cnn
+
+    @property
+    def hog(self) -> DlibHogDetector:
+        """The HOG detector that scores whole-image fits (whatever the configured detector)."""
+        if self._hog is None:
+            self._hog = DlibHogDetector(max_side=self.config.detect_max_side, min_side=self.config.detect_min_side)
+        return self._hog
+
+    def face_from_box(self, rgb: np.ndarray, detection: Detection, found_by: str | None = None) -> Face:
         """Landmarks in the box at full resolution, then alignment and crop."""
         source_landmarks = find_landmarks(rgb, detection.box)
         aligned = align_face(rgb, source_landmarks, self.config.crop_size, self.config.margin)
@@ -163,38 +259,57 @@ class FacePipeline:
             score=detection.score,
             source_landmarks=source_landmarks,
             matrix=aligned.matrix,
+            found_by=found_by or self.detector.label,
         )
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        """Face boxes in source pixels, best first."""
+        """Face boxes in source pixels, best first (the configured detector only)."""
         return self.detector.detect(rgb)
+
+    def find(self, rgb: np.ndarray, whole_image: bool = True) -> tuple[list[Detection], str]:
+        """Face boxes in source pixels and the step that found them, trying the steps of the module docstring
+        in order until one finds a face; ([], "") when none does. whole_image: allow step 4 (still only for
+        crop-like images)."""
+        detections = self.detect(rgb)
+        if detections or not self.config.fallbacks:
+            return detections, self.detector.label
+        for border in PAD_BORDERS:
+            detections = detect_padded(self.detector, rgb, border)
+            if detections:
+                return detections, f"{self.detector.label}-padded"
+        if self.detector.label != self.cnn.label:
+            detections = self.cnn.detect(rgb)
+            if detections:
+                return detections, self.cnn.label
+        h, w = rgb.shape[:2]
+        if whole_image and looks_like_face_crop(h, w, self.config.crop_like_side):
+            fit = whole_image_fit(rgb, self.hog)
+            if fit.ok:
+                return [Detection((0.0, 0.0, float(w), float(h)), fit.hog_score)], "whole-image"
+        return [], ""
 
     def faces_in_image(self, rgb: np.ndarray) -> list[Face]:
         """Every face in an image, largest first; [] when none (see `no_face_message`).
 
-        An image that looks like a face crop is searched again with its border extended (the detector needs
-        some context around a face). With `assume_cropped`, an image where still no face is found becomes
-        one face whose box is the whole image.
+        Steps of the module docstring, each only when the ones before found nothing. With `assume_cropped`,
+        an image where still no face is found becomes one face whose box is the whole image.
         """
         h, w = rgb.shape[:2]
-        detections = self.detect(rgb)
-        if not detections and looks_like_face_crop(h, w, self.config.crop_like_side):
-            padded, pad = _pad_for_detection(rgb)
-            detections = [
-                Detection((x0 - pad, y0 - pad, x1 - pad, y1 - pad), d.score)
-                for d in self.detect(padded)
-                for x0, y0, x1, y1 in [d.box]
-            ]
+        detections, found_by = self.find(rgb)
         if not detections and self.config.assume_cropped:
-            detections = [Detection((0.0, 0.0, float(w), float(h)), ASSUMED_SCORE)]
+            detections, found_by = [Detection((0.0, 0.0, float(w), float(h)), ASSUMED_SCORE)], "assumed"
         detections = sorted(detections, key=lambda d: -d.area)
-        return [self.face_from_box(rgb, d) for d in detections]
+        return [self.face_from_box(rgb, d, found_by) for d in detections]
 
     def faces_in_video(self, path: Path) -> list[FrameFaces]:
         """The main face (largest face that persists) in each of `config.frames` uniformly sampled frames.
 
         Every sampled frame is reported; frames without the main face have face None and a note.
         Raises InputError when the file is not a readable video or no frame decodes.
+
+        Fallbacks stay bounded: only when the detector finds no face in any sampled frame, the fallback
+        steps run on `VIDEO_PROBE_FRAMES` frames spread over the video, and on all frames only if they find
+        a face there.
         """
         indices, frames = sample_frames(Path(path), self.config.frames)
         faces: dict[int, list[Face]] = {}
@@ -202,6 +317,8 @@ class FacePipeline:
             faces[index] = [self.face_from_box(rgb, d) for d in self.detect(rgb)]
         if not faces:
             raise InputError(f"no frame could be decoded (of {len(indices)} sampled)")
+        if self.config.fallbacks and not any(faces.values()):
+            faces = self._fallback_frames(Path(path), sorted(faces))
         decoded = [i for i in indices if i in faces]
         boxes = [[f.bbox for f in faces[i]] for i in decoded]
         main = main_track(link_tracks(boxes, self.config.track_iou), boxes)
@@ -214,3 +331,20 @@ class FacePipeline:
                 result.append(FrameFaces(index, None, note))
         result.extend(FrameFaces(i, None, "frame not decodable") for i in indices if i not in faces)
         return sorted(result, key=lambda r: r.frame)
+
+    def _fallback_frames(self, path: Path, decoded: list[int]) -> dict[int, list[Face]]:
+        """Faces of the `decoded` frames (sorted indices) by the fallback chain, decoding them again (a video
+        without faces is rare; keeping every frame in memory for it is not worth it): probe frames first, the
+        rest only when a probe frame has a face."""
+        spread = np.linspace(0, len(decoded) - 1, min(VIDEO_PROBE_FRAMES, len(decoded)))
+        probes = sorted({decoded[round(k)] for k in spread})
+        rest = [i for i in decoded if i not in probes]
+        faces: dict[int, list[Face]] = {i: [] for i in decoded}
+        info = probe_video(path)
+        for batch in (probes, rest):
+            if batch is rest and not any(faces.values()):
+                break
+            for index, rgb in read_frames(path, batch, info):
+                detections, found_by = self.find(rgb)
+                faces[index] = [self.face_from_box(rgb, d, found_by) for d in detections]
+        return faces
