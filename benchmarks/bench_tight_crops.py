@@ -7,9 +7,10 @@ pictures that show no face (brick, grass, gravel, coffee, rocket, coins, moon, t
 retina, ...; not `astronaut`, `camera`, `chelsea`/`cat` or the head phantom). They are 160-260 px and
 near-square, like the face crops, so every fallback step runs on them.
 
-Prints counts per path, "no face found" counts and the seconds per image, as Markdown rows, and the files the
-whole-image step took (to look at). With --features, also prints the whole-image fit measures of every picture
-(on the crops whatever path found them), the numbers behind `realface.faces.pipeline.WHOLE_IMAGE_FIT`.
+Prints counts per path, "no face found" counts and the seconds per image, as Markdown rows, then the measures
+of the whole-image fit (`realface.faces.pipeline.whole_image_fit`) of every picture that reached that step
+(neither detector found a face), the numbers behind its threshold. Non-face pictures made with another --seed
+are a held-out check of that threshold.
 
     python benchmarks/bench_tight_crops.py [--dfdc 500] [--utkface 500] [--seed 0] [--data ../shared/data]
 """
@@ -127,11 +128,11 @@ def sample_crops(data: Path, name: str, count: int, seed: int) -> list[Path]:
     return random.Random(seed).sample(paths, count)
 
 
-def measure(pipeline: FacePipeline, pictures, show_features: bool) -> tuple[Counter, float, list[str]]:
-    """Counts of the path that found the first face ("none" when no face), seconds per picture, and the
-    names of the pictures the whole-image step took."""
+def measure(pipeline: FacePipeline, pictures) -> tuple[Counter, float, list[str]]:
+    """Counts of the path that found the first face ("none" when no face), seconds per picture, and one line
+    of whole-image fit measures per picture that reached the whole-image step."""
     counts: Counter = Counter()
-    whole: list[str] = []
+    fits: list[str] = []
     seconds = 0.0
     for name, rgb in pictures:
         start = time.perf_counter()
@@ -139,12 +140,10 @@ def measure(pipeline: FacePipeline, pictures, show_features: bool) -> tuple[Coun
         seconds += time.perf_counter() - start
         found_by = faces[0].found_by if faces else "none"
         counts[found_by] += 1
-        if found_by == "whole-image":
-            whole.append(name)
-        if show_features:
+        if found_by in ("whole-image", "none"):
             fit = whole_image_fit(rgb)
-            print(f"features {name} {found_by} " + " ".join(f"{k}={v:.3f}" for k, v in fit.measures.items()))
-    return counts, seconds / max(1, len(pictures)), whole
+            fits.append(f"{name} {found_by} " + " ".join(f"{k}={v:.3f}" for k, v in fit.measures.items()))
+    return counts, seconds / max(1, len(pictures)), fits
 
 
 def main() -> None:
@@ -154,7 +153,6 @@ def main() -> None:
     parser.add_argument("--utkface", type=int, default=500, help="UTKFace crops")
     parser.add_argument("--nonfaces", type=int, default=100, help="non-face pictures (at most 100)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--features", action="store_true", help="print the whole-image fit measures too")
     args = parser.parse_args()
 
     pipeline = FacePipeline(PipelineConfig())
@@ -167,14 +165,15 @@ def main() -> None:
     header = ["set", "pictures", *FOUND_BY, "no face found", "s / picture"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    taken: dict[str, list[str]] = {}
+    fits: dict[str, list[str]] = {}
     for set_name, pictures in sets.items():
-        counts, per_picture, taken[set_name] = measure(pipeline, pictures, args.features)
+        counts, per_picture, fits[set_name] = measure(pipeline, pictures)
         cells = [set_name, str(len(pictures)), *(str(counts[k]) for k in FOUND_BY), str(counts["none"])]
-        print("| " + " | ".join(cells) + f" | {per_picture:.2f} |")
-    for set_name, names in taken.items():
-        if names:
-            print(f"whole-image on {set_name}: {' '.join(names)}")
+        print("| " + " | ".join(cells) + f" | {per_picture:.2f} |", flush=True)
+    for set_name, lines in fits.items():
+        print(f"\nwhole-image fits on {set_name} ({len(lines)}):")
+        for line in sorted(lines, key=lambda text: -float(text.rsplit("score=", 1)[1])):
+            print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Facial landmarks with dlib's shape predictors: 68 points (iBUG 300-W order) and 5 points.
+"""68-point facial landmarks (iBUG 300-W order) with dlib's shape predictor.
 
-The model files ship in the `face_recognition_models` package (as does dlib's CNN face detector). We locate
-them without importing that package (its `__init__` needs `pkg_resources`). Each predictor is loaded once per
+The model file ships in the `face_recognition_models` package (as does dlib's CNN face detector). We locate
+it without importing that package (its `__init__` needs `pkg_resources`). The predictor is loaded once per
 process.
 """
 
@@ -16,10 +16,6 @@ import numpy as np
 from realface.errors import RealfaceError
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
-PREDICTOR_5_FILE = "shape_predictor_5_face_landmarks.dat"
-# dlib's 5 points as 68-point indices: outer and inner corner of the image-right eye, outer and inner corner
-# of the image-left eye, the base of the nose.
-FIVE_IN_68 = (45, 42, 36, 39, 33)
 
 
 def model_path(filename: str) -> Path:
@@ -39,19 +35,11 @@ def predictor_path() -> Path:
     return model_path(PREDICTOR_FILE)
 
 
-@functools.lru_cache(maxsize=2)
-def _predictor(filename: str):  # -> dlib.shape_predictor
+@functools.lru_cache(maxsize=1)
+def _predictor():  # -> dlib.shape_predictor
     import dlib
 
-    return dlib.shape_predictor(str(model_path(filename)))
-
-
-def _fit(filename: str, rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    import dlib
-
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    shape = _predictor(filename)(np.ascontiguousarray(rgb), dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
-    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    return dlib.shape_predictor(str(predictor_path()))
 
 
 def find_landmarks(rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
@@ -59,12 +47,8 @@ def find_landmarks(rgb: np.ndarray, box: tuple[float, float, float, float]) -> n
 
     rgb: (H, W, 3) uint8. The box may extend past the image.
     """
-    return _fit(PREDICTOR_FILE, rgb, box)
+    import dlib
 
-
-def find_five_landmarks(rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-    """dlib's 5 landmarks (eye corners, nose base; the 68-point indices `FIVE_IN_68`): (5, 2) float32 pixels.
-
-    A second, independently trained predictor: where it agrees with the 68-point one, a face is in the box.
-    """
-    return _fit(PREDICTOR_5_FILE, rgb, box)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    shape = _predictor()(np.ascontiguousarray(rgb), dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
