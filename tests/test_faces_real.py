@@ -18,7 +18,7 @@ from realface.faces.pipeline import ASSUMED_SCORE, FacePipeline, PipelineConfig,
 
 UTKFACE = ["images/100_0_0_20170112213500903.jpg", "images/32_1_0_20170117134801098.jpg", "images/58_0_3_20170119211539872.jpg"]
 DFDC = ["faces/aabqyygbaa.jpg", "faces/gmgyplntat.jpg"]
-DFDC_UNDETECTED = "faces/aaivbtdyjn.jpg"  # HOG finds no face here, even with the border extended; nor the CNN
+DFDC_UNDETECTED = "faces/aaivbtdyjn.jpg"  # HOG finds no face here, even with the border extended
 VIDEOS = ["original/519.mp4", "NeuralTextures/004_982.mp4"]  # 640x480 and 1280x720
 
 

@@ -24,7 +24,7 @@ from realface.faces.pipeline import FacePipeline, PipelineConfig
 FILES = [
     ("utkface/images/100_0_0_20170112213500903.jpg", "real", "u1"),
     ("dfdc/faces/gmgyplntat.jpg", "fake", "d1"),
-    ("dfdc/faces/aaivbtdyjn.jpg", "real", "d2"),  # a tight crop: found by the whole-image fit
+    ("dfdc/faces/aaivbtdyjn.jpg", "real", "d2"),  # a dark tight crop: found by the CNN once equalized
     ("ffpp-videos/original/519.mp4", "real", "v1"),
 ]
 
@@ -64,7 +64,7 @@ def test_end_to_end_resume_and_interruption(manifest: Path, tmp_path: Path, shar
         by_group.setdefault(row["group"], []).append(row)
     assert set(by_group) == {"u1", "d1", "d2", "v1"}
     assert sorted(int(r["frame"]) for r in by_group["v1"]) == [0, 250, 500, 750]
-    assert by_group["d2"][0]["found_by"] == "whole-image" and by_group["d1"][0]["label"] == "fake"
+    assert by_group["d2"][0]["found_by"] == "cnn-equalized" and by_group["d1"][0]["label"] == "fake"
     assert {r["found_by"] for r in by_group["v1"]} == {"hog"} and by_group["u1"][0]["found_by"] == "hog"
     assert _rows(full / "errors.csv") == [] and _rows(full / "no_face.csv") == []
 

@@ -7,7 +7,8 @@ needs some context around the face. `FacePipeline.faces_in_image` therefore trie
 ones before found nothing (the `found_by` of each face names the step):
 1. "hog": the configured detector (dlib's HOG by default);
 2. "hog-padded": the same detector on the image padded by reflection, then by replication (boxes mapped back);
-3. "cnn": dlib's CNN face detector (`DlibCnnDetector`);
+3. "cnn": dlib's CNN face detector (`DlibCnnDetector`), then "cnn-equalized": the same on the image with
+   its lightness equalized (`equalize`), for dark, low-contrast and blurred faces;
 4. "whole-image": the whole image as the face box, only for a crop-like image (small, near-square) whose
    68-landmark fit passes `whole_image_fit` (the landmarks stay on the image's features when the box moves,
    and HOG nearly detects a face there);
@@ -31,11 +32,15 @@ from realface.faces.media import probe_video, read_frames, sample_frames
 # dlib HOG scores are >= 0; a whole-image box taken under `assume_cropped` gets this score instead.
 ASSUMED_SCORE = -1.0
 # What found a face, in the order they are tried (with the default HOG detector); see the module docstring.
-FOUND_BY: tuple[str, ...] = ("hog", "hog-padded", "cnn", "whole-image", "assumed")
+FOUND_BY: tuple[str, ...] = ("hog", "hog-padded", "cnn", "cnn-equalized", "whole-image", "assumed")
 PAD_FRACTION = 0.3  # padding on each side, as a fraction of the image's longest side
 PAD_BORDERS = (cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE)  # tried in this order
 CNN_MIN_SIDE = 160  # the CNN fallback enlarges smaller images to this (its window is about 80 pixels)
 VIDEO_PROBE_FRAMES = 4  # a video without any face: fallbacks first on this many frames, all only if they find one
+# The whole-image fit (see WholeImageFit for the measured numbers behind these).
+DRIFT_SHIFT = 0.1  # box shift for the drift measure, as a fraction of the image's longest side
+WHOLE_IMAGE_DRIFT_WEIGHT = 2.0  # weight of drift against hog_score in the fit's score
+WHOLE_IMAGE_MIN_SCORE = -2.1  # least score of a whole-image fit taken as a face
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,13 @@ def no_face_message(height: int, width: int, config: PipelineConfig) -> str:
             "face crop, --assume-cropped takes it whole"
         )
     return f"no face found in the {width}x{height} image"
+
+
+def equalize(rgb: np.ndarray) -> np.ndarray:
+    """rgb (H, W, 3) uint8 with its lightness (L of CIELAB) equalized by CLAHE (clip 2, 4x4 tiles)."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(lab[..., 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
 def pad_for_detection(rgb: np.ndarray, border: int, fraction: float = PAD_FRACTION) -> tuple[np.ndarray, int]:
@@ -208,11 +220,6 @@ class WholeImageFit:
         return self.score >= WHOLE_IMAGE_MIN_SCORE
 
 
-DRIFT_SHIFT = 0.1  # box shift for the drift measure, as a fraction of the image's longest side
-WHOLE_IMAGE_DRIFT_WEIGHT = 2.0  # weight of drift against hog_score in the fit's score
-WHOLE_IMAGE_MIN_SCORE = -2.3  # least score of a whole-image fit taken as a face (between -2.06 and -2.48)
-
-
 def landmark_drift(rgb: np.ndarray, box: tuple[float, float, float, float], landmarks: np.ndarray) -> float:
     """Mean landmark displacement over the box shift when `box` moves by DRIFT_SHIFT (4 directions)."""
     shift = DRIFT_SHIFT * max(rgb.shape[:2])
@@ -300,6 +307,9 @@ class FacePipeline:
             detections = self.cnn.detect(rgb)
             if detections:
                 return detections, self.cnn.label
+        detections = self.cnn.detect(equalize(rgb))
+        if detections:
+            return detections, f"{self.cnn.label}-equalized"
         h, w = rgb.shape[:2]
         if whole_image and looks_like_face_crop(h, w, self.config.crop_like_side):
             fit = whole_image_fit(rgb, self.hog)
