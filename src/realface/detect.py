@@ -35,7 +35,7 @@ class FaceResult:
     confidence: float  # in [0, 1]: evidential 1 - u, or distance of p_fake from the threshold
     verdict: str  # "real", "fake" or "uncertain"
     heatmap: str | None = None  # path of the overlay image, with --heatmap
-    found_by: str = ""  # which step of the face pipeline found the face: hog, hog-padded, cnn, whole-image
+    found_by: str = ""  # the step of the face pipeline that found the face (realface.faces.pipeline.FOUND_BY)
 
 
 @dataclass
@@ -192,7 +192,9 @@ class Scanner:
         probs, conf, heats = self.score([f.crop for f in faces])
         verdicts = self._verdicts(probs, conf)
         results = [
-            FaceResult(f.frame, 0, [round(float(v), 1) for v in f.face.bbox], float(p), float(c), v, found_by=f.face.found_by)
+            FaceResult(
+                f.frame, 0, [round(float(v), 1) for v in f.face.bbox], float(p), float(c), v, found_by=f.face.found_by
+            )
             for f, p, c, v in zip(with_face, probs, conf, verdicts)
         ]
         # Frames weigh by their confidence (FFDBackbone's idea); a video of only unsure frames gets the plain mean.
@@ -293,10 +295,13 @@ def format_table(results: list[FileResult]) -> str:
             rows.append((r.path, r.kind, "0", "-", "-", "-", "error: " + r.message if r.status == "error" else r.message))
             continue
         found_by = ",".join(dict.fromkeys(f.found_by for f in r.faces))  # each path once, in order
-        rows.append((r.path, r.kind, str(len(r.faces)), found_by, f"{r.p_fake:.3f}", f"{r.confidence:.2f}", r.verdict.upper()))
+        rows.append(
+            (r.path, r.kind, str(len(r.faces)), found_by, f"{r.p_fake:.3f}", f"{r.confidence:.2f}", r.verdict.upper())
+        )
         if r.kind == "image" and len(r.faces) > 1:
             for f in r.faces:
-                rows.append((f"  face {f.face} at {[int(v) for v in f.bbox]}", "", "", f.found_by, f"{f.p_fake:.3f}", f"{f.confidence:.2f}", f.verdict))
+                at = f"  face {f.face} at {[int(v) for v in f.bbox]}"
+                rows.append((at, "", "", f.found_by, f"{f.p_fake:.3f}", f"{f.confidence:.2f}", f.verdict))
         if r.kind == "video":
             extra = f"  {len(r.faces)}/{r.frames_sampled} frames with a face; driven by frames {r.top_frames}"
             rows.append((extra, "", "", "", "", "", ""))
@@ -321,6 +326,7 @@ def csv_rows(results: list[FileResult]) -> list[dict[str, Any]]:
             rows.append({
                 "path": r.path, "kind": r.kind, "status": r.status, "frame": f.frame, "face": f.face,
                 "x0": x0, "y0": y0, "x1": x1, "y1": y1, "p_fake": round(f.p_fake, 6),
-                "confidence": round(f.confidence, 6), "verdict": f.verdict, "found_by": f.found_by, "message": r.message,
+                "confidence": round(f.confidence, 6), "verdict": f.verdict, "found_by": f.found_by,
+                "message": r.message,
             })  # fmt: skip
     return rows
