@@ -97,7 +97,7 @@ def test_video_fallbacks_run_only_without_any_face_and_stay_bounded(
 ) -> None:
     calls: list[int] = []
     find = FacePipeline.find
-    monkeypatch.setattr(FacePipeline, "find", lambda self, rgb, **kw: calls.append(1) or find(self, rgb, **kw))
+    monkeypatch.setattr(FacePipeline, "find", lambda self, rgb: calls.append(1) or find(self, rgb))
 
     crop = read_image(shared_data / "dfdc" / "faces" / "lfvvzweczk.jpg")
     frames = pipeline.faces_in_video(_write_video(tmp_path / "crop.mp4", crop, 8))

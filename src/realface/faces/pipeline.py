@@ -301,10 +301,9 @@ class FacePipeline:
         """Face boxes in source pixels, best first (the configured detector only)."""
         return self.detector.detect(rgb)
 
-    def find(self, rgb: np.ndarray, whole_image: bool = True) -> tuple[list[Detection], str]:
+    def find(self, rgb: np.ndarray) -> tuple[list[Detection], str]:
         """Face boxes in source pixels and the step that found them, trying the steps of the module docstring
-        in order until one finds a face; ([], "") when none does. whole_image: allow step 4 (still only for
-        crop-like images)."""
+        in order until one finds a face; ([], "") when none does."""
         detections = self.detect(rgb)
         if detections or not self.config.fallbacks:
             return detections, self.detector.label
@@ -312,7 +311,7 @@ class FacePipeline:
             detections = detect_padded(self.detector, rgb, border)
             if detections:
                 return detections, f"{self.detector.label}-padded"
-        if self.detector.label != self.cnn.label:
+        if self.detector.label != DlibCnnDetector.label:  # already tried when the CNN is the detector
             detections = self.cnn.detect(rgb)
             if detections:
                 return detections, self.cnn.label
@@ -320,7 +319,7 @@ class FacePipeline:
         if detections:
             return detections, f"{self.cnn.label}-equalized"
         h, w = rgb.shape[:2]
-        if whole_image and looks_like_face_crop(h, w, self.config.crop_like_side):
+        if looks_like_face_crop(h, w, self.config.crop_like_side):
             fit = whole_image_fit(rgb, self.hog)
             if fit.ok:
                 return [Detection((0.0, 0.0, float(w), float(h)), fit.hog_score)], "whole-image"
