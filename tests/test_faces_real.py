@@ -54,7 +54,7 @@ def test_utkface_crops(pipeline: FacePipeline, shared_data: Path, name: str) -> 
     rgb = read_image(shared_data / "utkface" / name)
     assert rgb.shape == (200, 200, 3)
     faces = pipeline.faces_in_image(rgb)
-    assert len(faces) >= 1 and faces[0].score >= 0
+    assert len(faces) >= 1 and faces[0].score >= 0 and faces[0].found_by in {"hog", "hog-padded"}
     _check_face(faces[0])
 
 
@@ -67,11 +67,11 @@ def test_dfdc_crops(pipeline: FacePipeline, shared_data: Path, name: str) -> Non
 
 def test_assume_cropped(shared_data: Path) -> None:
     rgb = read_image(shared_data / "dfdc" / DFDC_UNDETECTED)
-    plain = PipelineConfig(frames=4)
+    plain = PipelineConfig(frames=4, fallbacks=False)
     assert FacePipeline(plain).faces_in_image(rgb) == []
     assert "--assume-cropped" in no_face_message(*rgb.shape[:2], plain)
-    assumed = FacePipeline(PipelineConfig(frames=4, assume_cropped=True)).faces_in_image(rgb)
-    assert len(assumed) == 1 and assumed[0].score == ASSUMED_SCORE
+    assumed = FacePipeline(PipelineConfig(frames=4, assume_cropped=True, fallbacks=False)).faces_in_image(rgb)
+    assert len(assumed) == 1 and assumed[0].score == ASSUMED_SCORE and assumed[0].found_by == "assumed"
     assert assumed[0].bbox == (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0]))
     _check_face(assumed[0])
     # A big landscape image without a face is not mistaken for a crop.

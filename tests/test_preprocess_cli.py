@@ -24,7 +24,7 @@ from realface.faces.pipeline import FacePipeline, PipelineConfig
 FILES = [
     ("utkface/images/100_0_0_20170112213500903.jpg", "real", "u1"),
     ("dfdc/faces/gmgyplntat.jpg", "fake", "d1"),
-    ("dfdc/faces/aaivbtdyjn.jpg", "real", "d2"),  # found only with --assume-cropped
+    ("dfdc/faces/aaivbtdyjn.jpg", "real", "d2"),  # a dark tight crop: found by the CNN once equalized
     ("ffpp-videos/original/519.mp4", "real", "v1"),
 ]
 
@@ -53,16 +53,19 @@ def _run(*args: object) -> int:
 
 def test_end_to_end_resume_and_interruption(manifest: Path, tmp_path: Path, shared_data: Path) -> None:
     full = tmp_path / "full"
-    assert _run(manifest, "--out", full, "--assume-cropped") == 0
+    assert _run(manifest, "--out", full) == 0
     rows = _rows(full / "manifest.csv")
-    assert list(rows[0])[:11] == ["path", "source", "frame", "face", "x0", "y0", "x1", "y1", "score", "landmarks", "label"]
+    assert list(rows[0])[:12] == [
+        "path", "source", "frame", "face", "x0", "y0", "x1", "y1", "score", "landmarks", "label", "found_by",
+    ]  # fmt: skip
     assert "group" in rows[0]
     by_group: dict[str, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["group"], []).append(row)
     assert set(by_group) == {"u1", "d1", "d2", "v1"}
     assert sorted(int(r["frame"]) for r in by_group["v1"]) == [0, 250, 500, 750]
-    assert by_group["d2"][0]["score"] == "-1.0" and by_group["d1"][0]["label"] == "fake"
+    assert by_group["d2"][0]["found_by"] == "cnn-equalized" and by_group["d1"][0]["label"] == "fake"
+    assert {r["found_by"] for r in by_group["v1"]} == {"hog"} and by_group["u1"][0]["found_by"] == "hog"
     assert _rows(full / "errors.csv") == [] and _rows(full / "no_face.csv") == []
 
     # Training reads crops and landmarks back without detecting; they equal what detection-time code makes.
@@ -71,16 +74,16 @@ def test_end_to_end_resume_and_interruption(manifest: Path, tmp_path: Path, shar
     record = next(r for r in records if r.extra["group"] == "u1")
     crop = read_image(record.path)
     assert crop.shape == (224, 224, 3) and record.landmarks.shape == (68, 2) and record.label == "real"
-    face = FacePipeline(PipelineConfig(frames=4, assume_cropped=True)).faces_in_image(read_image(Path(record.source)))[0]
+    face = FacePipeline(PipelineConfig(frames=4)).faces_in_image(read_image(Path(record.source)))[0]
     np.testing.assert_allclose(record.landmarks, face.landmarks, atol=0.051)
     assert np.abs(crop.astype(float) - face.crop).mean() < 2.0  # JPEG quality 95
 
     # Resume: a limited run, then the rest; nothing is redone and the result equals the single full run.
     resumed = tmp_path / "resumed"
-    assert _run(manifest, "--out", resumed, "--assume-cropped", "--limit", "2") == 0
+    assert _run(manifest, "--out", resumed, "--limit", "2") == 0
     first = {p: p.stat().st_mtime_ns for p in (resumed / "crops").rglob("*.jpg")}
     assert len(_rows(resumed / "manifest.csv")) < len(rows)
-    assert _run(manifest, "--out", resumed, "--assume-cropped") == 0
+    assert _run(manifest, "--out", resumed) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())
     assert len((resumed / "journal.jsonl").read_text().splitlines()) == len(FILES)
     assert (resumed / "manifest.csv").read_bytes() == (full / "manifest.csv").read_bytes()
@@ -90,7 +93,7 @@ def test_end_to_end_resume_and_interruption(manifest: Path, tmp_path: Path, shar
     lines = journal.read_text().splitlines(keepends=True)
     journal.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
     (resumed / "manifest.csv").unlink()
-    assert _run(manifest, "--out", resumed, "--assume-cropped") == 0
+    assert _run(manifest, "--out", resumed) == 0
     assert (resumed / "manifest.csv").read_bytes() == (full / "manifest.csv").read_bytes()
 
     # Other settings into the same folder are refused rather than mixed.

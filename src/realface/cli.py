@@ -104,11 +104,12 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=224, help="crop side in pixels (default 224)")
     p.add_argument("--margin", type=float, default=1.3, help="crop = face box scaled by this (default 1.3)")
     p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly per video (default 32)")
-    p.add_argument("--detector", default="dlib-hog", help="face detector backend (default dlib-hog)")
+    p.add_argument("--detector", default="dlib-hog", help="face detector backend: dlib-hog (default) or dlib-cnn")
     p.add_argument(
         "--assume-cropped",
         action="store_true",
-        help="when no face is detected in an image, use the whole image as the face box",
+        help="when no face is found in an image, not even by the fallbacks for tight crops, use the whole "
+        "image as the face box (found_by: assumed)",
     )
     p.add_argument("--format", dest="fmt", choices=("folder", "webdataset"), default="folder")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")

@@ -37,6 +37,7 @@ class FaceResult:
     confidence: float  # in [0, 1]: evidential 1 - u, or distance of p_fake from the threshold
     verdict: str  # "real", "fake" or "uncertain"
     heatmap: str | None = None  # path of the overlay image, with --heatmap
+    found_by: str = ""  # the step of the face pipeline that found the face (realface.faces.pipeline.FOUND_BY)
 
 
 @dataclass
@@ -185,7 +186,10 @@ class Scanner:
             if heats is not None:
                 heat_path = _write_rgb(self._heat_path(name, f"face{i}"), overlay(face.crop, heats[i]))
             results.append(
-                FaceResult(-1, i, [round(float(v), 1) for v in face.bbox], float(probs[i]), float(conf[i]), verdicts[i], heat_path)
+                FaceResult(
+                    -1, i, [round(float(v), 1) for v in face.bbox], float(probs[i]), float(conf[i]), verdicts[i],
+                    heat_path, found_by=face.found_by,
+                )  # fmt: skip
             )
         top = int(np.argmax(probs))  # an image is as fake as its most suspicious face
         return FileResult(
@@ -208,7 +212,9 @@ class Scanner:
         probs, conf, heats = self.score([f.crop for f in faces])
         verdicts = self._verdicts(probs, conf)
         results = [
-            FaceResult(f.frame, 0, [round(float(v), 1) for v in f.face.bbox], float(p), float(c), v)
+            FaceResult(
+                f.frame, 0, [round(float(v), 1) for v in f.face.bbox], float(p), float(c), v, found_by=f.face.found_by
+            )
             for f, p, c, v in zip(with_face, probs, conf, verdicts)
         ]
         # Frames weigh by their confidence (FFDBackbone's idea); a video of only unsure frames gets the plain mean.
@@ -309,23 +315,30 @@ def detect_paths(scanner: Scanner, items: list[Path | FileResult], progress: boo
 
 def format_table(results: list[FileResult]) -> str:
     """A readable table: one line per file, then one indented line per face."""
-    rows = [("file", "kind", "faces", "p(fake)", "confidence", "verdict")]
+    rows = [("file", "kind", "faces", "found by", "p(fake)", "confidence", "verdict")]
     for r in results:
         if r.status != "ok":
-            rows.append((r.path, r.kind, "0", "-", "-", "error: " + r.message if r.status == "error" else r.message))
+            rows.append((r.path, r.kind, "0", "-", "-", "-", "error: " + r.message if r.status == "error" else r.message))
             continue
-        rows.append((r.path, r.kind, str(len(r.faces)), f"{r.p_fake:.3f}", f"{r.confidence:.2f}", r.verdict.upper()))
+        found_by = ",".join(dict.fromkeys(f.found_by for f in r.faces))  # each path once, in order
+        rows.append(
+            (r.path, r.kind, str(len(r.faces)), found_by, f"{r.p_fake:.3f}", f"{r.confidence:.2f}", r.verdict.upper())
+        )
         if r.kind == "image" and len(r.faces) > 1:
             for f in r.faces:
-                rows.append((f"  face {f.face} at {[int(v) for v in f.bbox]}", "", "", f"{f.p_fake:.3f}", f"{f.confidence:.2f}", f.verdict))
+                at = f"  face {f.face} at {[int(v) for v in f.bbox]}"
+                rows.append((at, "", "", f.found_by, f"{f.p_fake:.3f}", f"{f.confidence:.2f}", f.verdict))
         if r.kind == "video":
             extra = f"  {len(r.faces)}/{r.frames_sampled} frames with a face; driven by frames {r.top_frames}"
-            rows.append((extra, "", "", "", "", ""))
+            rows.append((extra, "", "", "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
-CSV_COLUMNS = ("path", "kind", "status", "frame", "face", "x0", "y0", "x1", "y1", "p_fake", "confidence", "verdict", "message")
+CSV_COLUMNS = (
+    "path", "kind", "status", "frame", "face", "x0", "y0", "x1", "y1", "p_fake", "confidence", "verdict", "found_by",
+    "message",
+)  # fmt: skip
 
 
 def csv_rows(results: list[FileResult]) -> list[dict[str, Any]]:
@@ -339,6 +352,7 @@ def csv_rows(results: list[FileResult]) -> list[dict[str, Any]]:
             rows.append({
                 "path": r.path, "kind": r.kind, "status": r.status, "frame": f.frame, "face": f.face,
                 "x0": x0, "y0": y0, "x1": x1, "y1": y1, "p_fake": round(f.p_fake, 6),
-                "confidence": round(f.confidence, 6), "verdict": f.verdict, "message": r.message,
+                "confidence": round(f.confidence, 6), "verdict": f.verdict, "found_by": f.found_by,
+                "message": r.message,
             })  # fmt: skip
     return rows

@@ -2,8 +2,10 @@
 
 Inputs are face crops written by `realface preprocess` (a manifest with a `landmarks` column: scored as
 they are) or raw images and videos (then found, aligned and cropped by the same face pipeline and crop
-settings the model was trained with, read from its config; images with no detected face are taken as face
-crops, as the shared data sets are). Every face's score lands in scores.csv; see `eval.report`. A dataset
+settings the model was trained with, read from its config). Raw files go through the same `Scanner` as
+`realface detect`, so both find the same face by the same path (tight crops included, through the face
+pipeline's fallbacks) and give it the same score; a file in which `detect` finds no face is not scored here
+either, and is listed in `unscored.txt`. Every face's score lands in scores.csv; see `eval.report`. A dataset
 with group columns (`DatasetSpec.grouping`) carries each face's groups to the report, which gives error
 rates per group (`eval.groups`).
 """
@@ -79,7 +81,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Score every dataset of `protocol` with `bundle` and write the report to `out`; returns metrics.json."""
-    scanner = Scanner(bundle, frames=frames, batch_size=batch_size, assume_cropped=True)
+    scanner = Scanner(bundle, frames=frames, batch_size=batch_size)
     rows: list[FaceScore] = []
     scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     problems: list[str] = []

@@ -1,8 +1,9 @@
 """Face detectors behind one small interface, looked up by name in `DETECTORS`.
 
 A detector takes an RGB image at its own resolution and returns face boxes in that image's pixel
-coordinates. To add a backend, write a class with `detect(rgb) -> list[Detection]` and register a factory:
-`DETECTORS["my-backend"] = MyDetector` (factories take the keyword arguments `max_side` and `min_side`).
+coordinates. To add a backend, write a class with `detect(rgb) -> list[Detection]` and a short `label` (what
+`found_by` says for its faces), and register a factory: `DETECTORS["my-backend"] = MyDetector` (factories take
+the keyword arguments `max_side` and `min_side`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Detection:
 
 class FaceDetector(Protocol):
     """Finds faces in an RGB image."""
+
+    label: str  # short name of the backend in outputs ("hog", "cnn")
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """rgb: (H, W, 3) uint8. Returns every face found, best score first."""
@@ -65,6 +68,8 @@ class DlibHogDetector:
     back. Faces narrower than about 80 / scale source pixels are missed.
     """
 
+    label = "hog"
+
     def __init__(self, max_side: int = 640, min_side: int = 320) -> None:
         import dlib
 
@@ -74,11 +79,12 @@ class DlibHogDetector:
         self.min_side = min_side
         self._detector = dlib.get_frontal_face_detector()
 
-    def detect(self, rgb: np.ndarray) -> list[Detection]:
+    def detect(self, rgb: np.ndarray, threshold: float = 0.0) -> list[Detection]:
+        """threshold: least SVM score kept (dlib's `adjust_threshold`); below 0 also returns near misses."""
         h, w = rgb.shape[:2]
         scale = working_scale(h, w, self.max_side, self.min_side)
         small = np.ascontiguousarray(resize_by(rgb, scale))
-        rects, scores, _ = self._detector.run(small, 0, 0.0)
+        rects, scores, _ = self._detector.run(small, 0, threshold)
         found = [
             Detection(
                 (r.left() / scale, r.top() / scale, (r.right() + 1) / scale, (r.bottom() + 1) / scale),
@@ -89,8 +95,46 @@ class DlibHogDetector:
         return sorted(found, key=lambda d: -d.score)
 
 
+class DlibCnnDetector:
+    """dlib's CNN face detector (max-margin object detection, `mmod_human_face_detector.dat` from the
+    `face_recognition_models` package), run at a bounded working resolution like `DlibHogDetector`.
+
+    Slower than HOG (about 0.5 s for a 224-pixel crop on one CPU core) but it finds faces HOG misses: turned,
+    dark, blurred or cut by the image border. Its window is about 80 pixels, so `min_side` can be lower than
+    HOG's. Scores are the network's confidences (detections at or above 0).
+    """
+
+    label = "cnn"
+
+    def __init__(self, max_side: int = 640, min_side: int = 160) -> None:
+        import dlib
+
+        from realface.faces.landmarks import model_path
+
+        if not 0 < min_side <= max_side:
+            raise RealfaceError(f"detector sizes need 0 < min_side <= max_side, got {min_side}, {max_side}")
+        self.max_side = max_side
+        self.min_side = min_side
+        self._detector = dlib.cnn_face_detection_model_v1(str(model_path("mmod_human_face_detector.dat")))
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        scale = working_scale(h, w, self.max_side, self.min_side)
+        small = np.ascontiguousarray(resize_by(rgb, scale))
+        found = [
+            Detection(
+                (r.left() / scale, r.top() / scale, (r.right() + 1) / scale, (r.bottom() + 1) / scale),
+                float(d.confidence),
+            )
+            for d in self._detector(small, 0)
+            for r in [d.rect]
+        ]
+        return sorted(found, key=lambda d: -d.score)
+
+
 DETECTORS: dict[str, Callable[..., FaceDetector]] = {
     "dlib-hog": DlibHogDetector,
+    "dlib-cnn": DlibCnnDetector,
 }
 
 

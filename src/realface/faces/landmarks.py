@@ -1,7 +1,8 @@
 """68-point facial landmarks (iBUG 300-W order) with dlib's shape predictor.
 
-The model file ships in the `face_recognition_models` package. We locate it without importing that
-package (its `__init__` needs `pkg_resources`). The predictor is loaded once per process.
+The model file ships in the `face_recognition_models` package (as does dlib's CNN face detector). We locate
+it without importing that package (its `__init__` needs `pkg_resources`). The predictor is loaded once per
+process.
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ from realface.errors import RealfaceError
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 
 
-def predictor_path() -> Path:
-    """Path of dlib's 68-point model inside the installed `face_recognition_models` package."""
+def model_path(filename: str) -> Path:
+    """Path of a model file inside the installed `face_recognition_models` package."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise RealfaceError("face_recognition_models is not installed: pip install face-recognition-models")
     for location in spec.submodule_search_locations:
-        path = Path(location) / "models" / PREDICTOR_FILE
+        path = Path(location) / "models" / filename
         if path.is_file():
             return path
-    raise RealfaceError(f"{PREDICTOR_FILE} not found in the face_recognition_models package")
+    raise RealfaceError(f"{filename} not found in the face_recognition_models package")
+
+
+def predictor_path() -> Path:
+    """Path of dlib's 68-point model inside the installed `face_recognition_models` package."""
+    return model_path(PREDICTOR_FILE)
 
 
 @functools.lru_cache(maxsize=1)

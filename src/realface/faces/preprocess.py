@@ -4,8 +4,10 @@ Output folder (`suffix` is empty, or `.shard{i}of{n}` with --shard i/n so shards
 - `crops/xx/<name>.jpg`: the aligned crops (JPEG quality 95);
 - `manifest{suffix}.csv`: one row per face: path (crop, relative to the folder), source, frame (-1 for
   images), face (index in the image, largest first; 0 for a video's main face), x0, y0, x1, y1 (box in
-  source pixels), score (detector; -1 for a whole-image box under --assume-cropped), landmarks (68 x, y crop
-  pixels, space separated, 0.1 px), label, then every extra column of the input manifests;
+  source pixels), score (detector; for a whole-image box the HOG score of its fit; -1 for a box assumed
+  under --assume-cropped), landmarks (68 x, y crop pixels, space separated, 0.1 px), label, found_by (the
+  step of the face pipeline that found the face: hog, hog-padded, cnn, whole-image, or assumed), then every
+  extra column of the input manifests;
 - `errors{suffix}.csv`: source, message: one line per input that gave no face at all;
 - `no_face{suffix}.csv`: source, frame, reason: sampled video frames where the main face is missing
   (kept apart from the manifest, whose every row is a crop);
@@ -36,7 +38,7 @@ from realface.faces.pipeline import FacePipeline, PipelineConfig, no_face_messag
 
 FORMATS: tuple[str, ...] = ("folder", "webdataset")
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "path", "source", "frame", "face", "x0", "y0", "x1", "y1", "score", "landmarks", "label",
+    "path", "source", "frame", "face", "x0", "y0", "x1", "y1", "score", "landmarks", "label", "found_by",
 )  # fmt: skip
 JPEG_QUALITY = 95
 FACES_PER_TAR = 5000
@@ -112,6 +114,7 @@ def _face_row(pipeline_face, source: str, frame: int, index: int, out: Path) -> 
         "y1": round(y1, 1),
         "score": round(pipeline_face.score, 4),
         "landmarks": format_landmarks(pipeline_face.landmarks),
+        "found_by": pipeline_face.found_by,
     }
 
 
