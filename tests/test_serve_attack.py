@@ -258,6 +258,36 @@ def test_queue_depth_wait_limit_and_overflow(bundle: Bundle, utk_jpg: bytes, mon
         assert client.get("/healthz").json()["uploads_receiving"] == 0
 
 
+def test_a_queued_client_that_leaves_is_not_scanned(bundle: Bundle, utk_jpg: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=2, queue_wait_s=30), frames=2)
+    scanner = app.state.service.scanner
+    started, release, scanned = threading.Event(), threading.Event(), []
+    real_scan = scanner.scan_content
+
+    def held_scan(*args):
+        scanned.append(args)
+        started.set()
+        assert release.wait(30)
+        return real_scan(*args)
+
+    monkeypatch.setattr(scanner, "scan_content", held_scan)
+    with serve_in_background(app) as url, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(upload, url, utk_jpg)
+        assert started.wait(30)
+        body = MULTIPART_HEAD + utk_jpg + b"\r\n--b0--\r\n"
+        sock = partial_upload(url, body, declared=len(body))  # a whole upload, then it waits in the queue...
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{url}/healthz").json()["queue_depth"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sock.close()  # ...and leaves before its turn
+        release.set()
+        assert first.result(timeout=30).status_code == 200
+        deadline = time.monotonic() + 5
+        while 'code="499"' not in (text := httpx.get(f"{url}/metrics").text) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 'realface_requests_total{code="499"} 1' in text and len(scanned) == 1  # never scanned
+
+
 # -- API key ---------------------------------------------------------------------------------------
 
 

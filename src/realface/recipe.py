@@ -248,14 +248,8 @@ def run_recipe(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the whole chain in `work` and export the model to `export_to`; returns the model card."""
-    from realface.bundle import Decision, export_bundle, load_bundle
-    from realface.data.faceset import Preprocessing
-    from realface.data.labelled import DetectionFaces, build_items
-    from realface.eval.localization import localization_report
-    from realface.faces.manifest import read_face_manifest
     from realface.faces.pipeline import PipelineConfig
     from realface.faces.preprocess import preprocess
-    from realface.train.finetune import calibration_batch, fit_decision, score_dataset
 
     shared, work = Path(shared), Path(work)
     for need in ("dfdc/manifest.csv", "utkface/manifest.csv", "ffpp-videos/manifest.csv"):
@@ -299,24 +293,52 @@ def run_recipe(
         finetune_stage(cfg, [dfdc], ft_run, pre_run, device=device, progress=progress)
 
     with stage("export and measure", accumulate=False):
-        bundle = load_bundle(ft_run)
-        val_records = [r for r in read_face_manifest(dfdc) if r.extra.get("split") == "val"]
-        val_set = DetectionFaces(build_items(val_records), bundle.pre)
-        export_bundle(bundle, export_to, card={}, calibration=calibration_batch(val_set))
-        shipped = load_bundle(export_to)  # measure exactly what ships (fp16, one branch)
-        probs, unc = score_dataset(shipped.detector, val_set, 64, cfg.workers)
-        decision = Decision.from_json(fit_decision(val_set.labels(), probs, unc))
-        shipped = replace(shipped, decision=decision)
-        ffpp = measure_ffpp(shipped, shared, cfg.frames)
-        robustness = measure_robustness(shipped, val_records, probs, cfg.workers)
-        where = None
-        if shipped.config.options.cell_targets:
-            with_maps = DetectionFaces(build_items(val_records), bundle.pre, mask_grid=shipped.config.grid)
-            where = localization_report(shipped.detector, with_maps, workers=cfg.workers)
+        card = export_and_measure(cfg, ft_run, dfdc, shared, export_to, preset=preset, times=times)
+    card["wall_time_s"] = {k: round(v, 1) for k, v in times.items()}
+    export_card(card, export_to, work)
+    return card
 
+
+def export_and_measure(
+    cfg: RecipeConfig,
+    ft_run: Path,
+    dfdc: Path,
+    shared: Path,
+    export_to: Path,
+    *,
+    preset: str,
+    times: dict[str, float] | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Export the best checkpoint of the fine-tuning run `ft_run` to `export_to` (fp16) and measure exactly what
+    ships: DFDC val (threshold, band, temperature refitted on it), robustness, localization, FF++ videos.
+    Returns the model card (`export_card` writes it); `note` is shown in it (e.g. a run stopped early)."""
+    from realface.bundle import Decision, export_bundle, load_bundle
+    from realface.data.faceset import Preprocessing
+    from realface.data.labelled import DetectionFaces, build_items
+    from realface.eval.localization import localization_report
+    from realface.faces.manifest import read_face_manifest
+    from realface.train.finetune import calibration_batch, fit_decision, score_dataset
+
+    bundle = load_bundle(ft_run)
+    val_records = [r for r in read_face_manifest(dfdc) if r.extra.get("split") == "val"]
+    val_set = DetectionFaces(build_items(val_records), bundle.pre)
+    export_bundle(bundle, export_to, card={}, calibration=calibration_batch(val_set))
+    shipped = load_bundle(export_to)  # measure exactly what ships (fp16, one branch)
+    probs, unc = score_dataset(shipped.detector, val_set, 64, cfg.workers)
+    decision = Decision.from_json(fit_decision(val_set.labels(), probs, unc))
+    shipped = replace(shipped, decision=decision)
+    ffpp = measure_ffpp(shipped, shared, cfg.frames)
+    robustness = measure_robustness(shipped, val_records, probs, cfg.workers)
+    where = None
+    if shipped.config.options.cell_targets:
+        with_maps = DetectionFaces(build_items(val_records), bundle.pre, mask_grid=shipped.config.grid)
+        where = localization_report(shipped.detector, with_maps, workers=cfg.workers)
+    meta = json.loads((Path(ft_run) / "last" / "meta.json").read_text())
+    best = max(meta["history"], key=lambda e: e.get("val_auc", float("-inf")))
     fakes = [r["p_fake"] for r in ffpp if r["label"] == "fake" and r["p_fake"] is not None]
     originals = [r["p_fake"] for r in ffpp if r["label"] == "real" and r["p_fake"] is not None]
-    card = {
+    return {
         "name": f"realface default ({preset})",
         "recipe": {"preset": preset, **asdict(cfg)},
         "data": {
@@ -325,6 +347,9 @@ def run_recipe(
             "finetuning": "DFDC train split (real + labelled fakes)" + (f" + SBI pseudo-fakes x{cfg.sbi_ratio}" if cfg.sbi_ratio else ""),
             "selection_and_threshold": "DFDC val split (split by source video; never trained on)",
         },
+        "finetune_epochs_done": int(meta["epoch"]) + 1,
+        "best_epoch": int(best["epoch"]) + 1,
+        "val_auc_per_epoch": [round(float(e["val_auc"]), 4) for e in meta["history"] if "val_auc" in e],
         "preprocessing": Preprocessing.to_dict(shipped.pre),
         "dfdc_val": decision.val,
         "dfdc_val_robustness": robustness,
@@ -332,13 +357,24 @@ def run_recipe(
         "ffpp_videos": ffpp,
         "ffpp_fakes_above_originals": bool(fakes and originals and min(fakes) > max(originals)),
         "hardware": machine(),
-        "wall_time_s": {k: round(v, 1) for k, v in times.items()},
+        "wall_time_s": {k: round(v, 1) for k, v in (times or {}).items()},
         "date": time.strftime("%Y-%m-%d"),
+        "note": note,
     }
-    export_bundle(shipped, export_to, decision=decision, card=card)
+
+
+def export_card(card: dict[str, Any], export_to: Path, work: Path | None = None) -> None:
+    """Write the card into the exported bundle's config.json and MODEL_CARD.md (and WORK/card.json)."""
+    from realface.bundle import load_bundle
+    from realface.train import checkpoint as ckpt
+
+    config = ckpt.read_json(Path(export_to) / ckpt.CONFIG)
+    config["card"] = card
+    ckpt.write_json(Path(export_to) / ckpt.CONFIG, config)
+    load_bundle(export_to)  # still a valid model
     (Path(export_to) / "MODEL_CARD.md").write_text(model_card_markdown(card))
-    (work / "card.json").write_text(json.dumps(card, indent=2, default=float))
-    return card
+    if work is not None:
+        (Path(work) / "card.json").write_text(json.dumps(card, indent=2, default=float))
 
 
 def model_card_markdown(card: dict[str, Any]) -> str:
@@ -356,7 +392,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"- Encoder `{r['encoder']}` at {r['img_size']} px, "
         + (f"pretrained on real faces only ({r['mask']} masking, self-distillation weight {r['distill_weight']},"
            f" {r['pretrain_epochs']} epochs), then " if r.get("pretrain_epochs") else "from random weights (no pretraining), ")
-        + f"fine-tuned as a `{r['detector']}` detector for {r['finetune_epochs']} epochs"
+        + f"fine-tuned as a `{r['detector']}` detector for {card.get('finetune_epochs_done', r['finetune_epochs'])} of"
+        f" {r['finetune_epochs']} epochs (best epoch {card.get('best_epoch', '?')} on val)"
         + (f", with the forgery-mask loss (weight {r['mask_weight']}) and its cell head." if r.get("mask_weight")
            and r["detector"] in ("classifier", "vit") else "."),
         f"- Crops: aligned faces, face box scaled by {Preprocessing.from_dict(card['preprocessing']).crop.margin}, "
@@ -391,6 +428,9 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         "## Wall time (seconds)",
         *[f"- {k}: {v}" for k, v in card["wall_time_s"].items()],
         "",
+        *([f"Val AUC per epoch: {', '.join(f'{a:.3f}' for a in card['val_auc_per_epoch'])}.", ""]
+          if card.get("val_auc_per_epoch") else []),
+        *(["## Notes", card["note"], ""] if card.get("note") else []),
     ]
     return "\n".join(lines)
 

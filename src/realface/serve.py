@@ -574,6 +574,8 @@ class DetectService:
                 if not await self.slots.acquire(self.limits.queue_wait_s):
                     raise self.busy_error(f"no job slot came free within {self.limits.queue_wait_s:g} s")
                 try:
+                    if await request.is_disconnected():  # gave up while queued: its job slot goes to the next
+                        return Response(status_code=DISCONNECTED)
                     return await run_in_threadpool(self.run, raw, client_name, head, heatmap)
                 finally:
                     self.slots.release()
