@@ -352,3 +352,31 @@ def test_load_pretrainer_rejects_other_folders(tmp_path):
     ckpt.write_json(tmp_path / ckpt.CONFIG, {"model": other.to_dict(), "preprocessing": Preprocessing().to_dict()})
     with pytest.raises(RealfaceError, match="does not match"):
         load_pretrainer(tmp_path, "last")
+
+
+@pytest.mark.parametrize("encoder", ["vit_tiny_patch16", "vit_tiny_convstem16", "resnet18", "convnextv2_atto", "mobilenetv3_large_100"])
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_detector_trains_on_every_encoder_family(name: str, encoder: str) -> None:
+    """Forward, loss (with cell targets where the detector takes them), backward: finite, gradients reach the
+    encoders; the heatmap is a map of the face."""
+    from realface.models.encoders import ENCODERS
+
+    torch.manual_seed(0)
+    info = ENCODERS[encoder]
+    size = 2 * info.stride if info.family == "cnn" else 32
+    opts = {"blocks": 2} if name == "rffr" else {"mask_weight": 1.0} if name == "classifier" else {}
+    config = DetectorConfig(name=name, encoder=encoder, img_size=size, options=options_for(name, opts))
+    detector = build_detector(config).train()
+    images = faces(4, size=size)
+    out = detector(images)
+    cells = config.grid[0] * config.grid[1]
+    targets = {"mask": torch.rand(4, cells), "mask_known": torch.ones(4)}
+    loss, parts = detector.loss(out, torch.tensor([0, 1, 0, 1]), 0.5, targets=targets)
+    assert torch.isfinite(loss) and all(torch.isfinite(v) for v in parts.values())
+    assert ("mask" in parts) == (name == "classifier")
+    loss.backward()
+    trained = [p for p in detector.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained if p.grad is not None)
+    assert sum(p.grad is not None for p in trained) > 0.9 * len(trained)
+    maps = detector.eval().heatmap(images[:2])
+    assert maps.shape == (2, size, size) and 0.0 <= float(maps.min()) <= float(maps.max()) <= 1.0
