@@ -115,3 +115,21 @@ def test_shipped_default_weights_load_and_say_what_they_are(astronaut, capsys):
     assert model["card"]["recipe"]["preset"] in {"cpu", "gpu"} and "dfdc_val" in model["card"]
     assert model["decision"]["threshold"]["policy"] == "eer"
     assert out["results"][0]["status"] == "ok" and out["results"][0]["verdict"] in VERDICTS
+
+
+def test_shipped_weights_score_a_real_face_crop_deterministically(shared_data):
+    """The packaged default: its config, crop settings and decision rule load, and a real DFDC val crop gets the
+    same p(fake) twice, a probability, through the same crop settings the card records."""
+    import numpy as np
+
+    from realface.bundle import load_bundle
+    from realface.detect import Scanner
+
+    bundle = load_bundle()
+    assert bundle.pre.crop.size == bundle.card["recipe"]["crop_size"] and bundle.pre.img_size == bundle.config.img_size
+    assert bundle.decision.band > 0 and 0 < bundle.decision.threshold < 1
+    crop = sorted((shared_data / "dfdc").rglob("*.jpg"))[0]
+    scanner = Scanner(bundle, frames=2)
+    first, second = scanner.scan(crop), scanner.scan(crop)
+    assert first.status == "ok" and first.p_fake is not None and 0.0 <= first.p_fake <= 1.0
+    assert np.isclose(first.p_fake, second.p_fake, atol=1e-6)
