@@ -53,3 +53,27 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         source=Path("."),
     )
     return export_bundle(bundle, tmp_path_factory.mktemp("tiny_model") / "weights")
+
+
+@pytest.fixture
+def hold_scans(monkeypatch: pytest.MonkeyPatch):
+    """hold_scans(app) -> held: every scan of the service `app` first sets `held.started`, records its arguments in
+    `held.calls`, then waits (at most 30 s) for `held.release`: a test can keep the job slots busy at will."""
+    import threading
+    from types import SimpleNamespace
+
+    def hold(app):
+        scanner = app.state.service.scanner
+        held = SimpleNamespace(started=threading.Event(), release=threading.Event(), calls=[])
+        real_scan = scanner.scan_content
+
+        def held_scan(*args):
+            held.calls.append(args)
+            held.started.set()
+            assert held.release.wait(30)
+            return real_scan(*args)
+
+        monkeypatch.setattr(scanner, "scan_content", held_scan)
+        return held
+
+    return hold

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -328,18 +327,10 @@ def test_pixel_and_video_length_limits(bundle: Bundle, shared_data: Path) -> Non
         assert_one_line_error(post(c, "004.mp4", video.read_bytes()), 413, "video too long: 12.4 s")
 
 
-def test_busy_gives_503_not_a_hang(bundle: Bundle, utk_jpg: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_busy_gives_503_not_a_hang(bundle: Bundle, utk_jpg: bytes, hold_scans) -> None:
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=0, retry_after_s=3), frames=2)
-    scanner = app.state.service.scanner
-    started, release = threading.Event(), threading.Event()
-    real_scan = scanner.scan_content
-
-    def held_scan(*args):
-        started.set()
-        assert release.wait(30)
-        return real_scan(*args)
-
-    monkeypatch.setattr(scanner, "scan_content", held_scan)
+    held = hold_scans(app)
+    started, release = held.started, held.release
     with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
         first = pool.submit(post, c, "first.jpg", utk_jpg)
         assert started.wait(30)

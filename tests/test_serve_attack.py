@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -214,18 +213,10 @@ def test_burst_within_capacity_is_served(bundle: Bundle, utk_jpg: bytes) -> None
     assert 'realface_requests_total{code="200"} 20' in metrics and 'quantile="0.95"' in metrics
 
 
-def test_queue_depth_wait_limit_and_overflow(bundle: Bundle, utk_jpg: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_queue_depth_wait_limit_and_overflow(bundle: Bundle, utk_jpg: bytes, hold_scans) -> None:
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=2, queue_wait_s=30, retry_after_s=2), frames=2)
-    scanner = app.state.service.scanner
-    started, release = threading.Event(), threading.Event()
-    real_scan = scanner.scan_content
-
-    def held_scan(*args):
-        started.set()
-        assert release.wait(30)
-        return real_scan(*args)
-
-    monkeypatch.setattr(scanner, "scan_content", held_scan)
+    held = hold_scans(app)
+    started, release = held.started, held.release
     with TestClient(app) as client, ThreadPoolExecutor(3) as pool:
         post = lambda name: client.post("/v1/detect", files={"file": (name, utk_jpg)})  # noqa: E731
         first = pool.submit(post, "first.jpg")
@@ -243,9 +234,8 @@ def test_queue_depth_wait_limit_and_overflow(bundle: Bundle, utk_jpg: bytes, mon
         assert client.get("/healthz").json()["queue_depth"] == 0
     # A request that waits longer than queue_wait_s for a job slot gets 503 (and its place back).
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=1, queue_wait_s=0.3), frames=2)
-    started.clear(), release.clear()
-    real_scan = app.state.service.scanner.scan_content
-    monkeypatch.setattr(app.state.service.scanner, "scan_content", held_scan)
+    held = hold_scans(app)
+    started, release = held.started, held.release
     with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
         post = lambda name: client.post("/v1/detect", files={"file": (name, utk_jpg)})  # noqa: E731
         first = pool.submit(post, "first.jpg")
@@ -258,19 +248,10 @@ def test_queue_depth_wait_limit_and_overflow(bundle: Bundle, utk_jpg: bytes, mon
         assert client.get("/healthz").json()["uploads_receiving"] == 0
 
 
-def test_a_queued_client_that_leaves_is_not_scanned(bundle: Bundle, utk_jpg: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_queued_client_that_leaves_is_not_scanned(bundle: Bundle, utk_jpg: bytes, hold_scans) -> None:
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=2, queue_wait_s=30), frames=2)
-    scanner = app.state.service.scanner
-    started, release, scanned = threading.Event(), threading.Event(), []
-    real_scan = scanner.scan_content
-
-    def held_scan(*args):
-        scanned.append(args)
-        started.set()
-        assert release.wait(30)
-        return real_scan(*args)
-
-    monkeypatch.setattr(scanner, "scan_content", held_scan)
+    held = hold_scans(app)
+    started, release, scanned = held.started, held.release, held.calls
     with serve_in_background(app) as url, ThreadPoolExecutor(1) as pool:
         first = pool.submit(upload, url, utk_jpg)
         assert started.wait(30)

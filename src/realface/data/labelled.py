@@ -88,13 +88,9 @@ class PairedSampler:
 
     def __init__(self, items: list[Item], seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         index = {id(it.record): i for i, it in enumerate(items) if it.kind == "face" and it.label == 0}
-        units: list[tuple[int, ...]] = []
-        partnered: set[int] = set()
-        for i, it in enumerate(items):
-            if it.partner is not None and id(it.partner) in index:
-                units.append((i, index[id(it.partner)]))
-                partnered.add(index[id(it.partner)])
-        units.extend((i,) for i, it in enumerate(items) if i not in partnered and not (it.partner is not None and id(it.partner) in index))
+        pairs = [(i, index[id(it.partner)]) for i, it in enumerate(items) if it.partner is not None and id(it.partner) in index]
+        paired = {i for pair in pairs for i in pair}
+        units: list[tuple[int, ...]] = [*pairs, *((i,) for i in range(len(items)) if i not in paired)]
         self.units = units
         self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
         self.length = sum(len(u) for u in units) // num_replicas

@@ -99,7 +99,7 @@ class _SparseBatchNorm:
             return super().forward(x)
         m = sparse.at(*x.shape[-2:]).to(x.dtype)  # (N, 1, h, w)
         if self.training or not self.track_running_stats:
-            count = m.sum().clamp(min=2.0) * 1.0
+            count = m.sum().clamp(min=2.0)
             mean = (x * m).sum(dim=(0, 2, 3)) / count  # (C,)
             var = (((x - mean[None, :, None, None]) ** 2) * m).sum(dim=(0, 2, 3)) / count
             if self.training and self.track_running_stats:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from realface.models.encoders.base import exempt_from_weight_decay
+
 
 def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
     """Linear warmup from 0 to `base_lr` over `warmup_steps`, then cosine decay to `min_lr` at `total_steps`."""
@@ -38,8 +40,7 @@ def param_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
-        wd = 0.0 if no_decay else weight_decay
+        wd = 0.0 if exempt_from_weight_decay(name, param) else weight_decay
         scale = 1.0
         if layer_decay < 1.0 and layer_of is not None and num_layers is not None:
             scale = layer_decay ** (num_layers - layer_of(name))

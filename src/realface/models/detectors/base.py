@@ -211,10 +211,6 @@ class Detector(nn.Module):
                 return encoder.layer_of(param_name[len(prefix) + 1 :])
         return self.num_layers
 
-    def skip_weight_decay(self, param_name: str, param: torch.Tensor) -> bool:
-        """No weight decay on biases, norms, tokens and position embeddings (the encoders' rule, also for heads)."""
-        return Encoder.skip_weight_decay(self, param_name, param)  # type: ignore[arg-type]
-
     def frozen_modules(self) -> list[nn.Module]:
         """Submodules that stay in eval mode and get no gradient."""
         return []

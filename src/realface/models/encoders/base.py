@@ -39,6 +39,11 @@ class EncoderInfo:
             )
 
 
+def exempt_from_weight_decay(param_name: str, param: torch.Tensor) -> bool:
+    """Biases, norms' scales, tokens and position embeddings take no weight decay (every model's rule)."""
+    return param.ndim <= 1 or param_name.endswith(".bias") or "pos_embed" in param_name or "token" in param_name
+
+
 class Encoder(nn.Module):
     """Base of every backbone. Subclasses set `stride` and `out_channels` and implement `forward_map`."""
 
@@ -67,8 +72,8 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     def skip_weight_decay(self, param_name: str, param: torch.Tensor) -> bool:
-        """Whether a parameter takes no weight decay: biases, norms' scales, tokens and position embeddings."""
-        return param.ndim <= 1 or param_name.endswith(".bias") or "pos_embed" in param_name or "token" in param_name
+        """Whether a parameter takes no weight decay (default: `exempt_from_weight_decay`)."""
+        return exempt_from_weight_decay(param_name, param)
 
     def load_pretrained(self, state: dict[str, torch.Tensor]) -> None:
         """Copy weights saved from an encoder of the same name (in place, strict)."""
