@@ -30,12 +30,12 @@ def main() -> None:
 
     import torch
 
-    from realface.bundle import load_bundle
     from realface.detect import Scanner
+    from realface.model import load_model
     from realface.faces.media import read_image
 
-    bundle = load_bundle(args.model)
-    scanner = Scanner(bundle, frames=32)
+    model = load_model(args.model)
+    scanner = Scanner(model, frames=32)
     video = args.data / "ffpp-videos" / "original" / "519.mp4"
     rows = []
 
@@ -70,7 +70,7 @@ def main() -> None:
                  f"{len(images) / (time.perf_counter() - start):.1f} images/s", f"{len(images)} images"))  # fmt: skip
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"model: {bundle.source} ({bundle.config.name}, {bundle.config.encoder}, {bundle.pre.img_size} px); "
+    print(f"model: {model.source} ({model.detector}, {model.encoder}, {model.pre.img_size} px, {model.engine.name}); "
           f"torch threads {torch.get_num_threads()}; peak memory {peak:.0f} MiB")  # fmt: skip
     print("| measurement | result | notes |\n|---|---|---|")
     for row in rows:

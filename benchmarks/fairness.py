@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realface.bundle import load_bundle
+from realface.model import load_model
 from realface.eval.evaluate import evaluate
 from realface.eval.groups import RATE_TITLES
 from realface.eval.protocol import load_protocol
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    bundle = load_bundle(args.model, args.device)
+    bundle = load_model(args.model, device=args.device)
     i, n = args.shard
     name = f"utkface-shard{i}of{n}-n{args.count}-seed{args.seed}"
     sample = sample_manifest(args.shared / "utkface" / "manifest.csv", args.shard, args.count, args.seed,

@@ -33,17 +33,18 @@ def utk_crops(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An exported detector bundle (vit_tiny at 64 px, random weights, crops of 64 px) for tests of the
-    plumbing (detect, serve, evaluate); its verdicts mean nothing. Threshold 0.5, band 0.1."""
+    """An exported detector bundle (vit_tiny at 64 px with a cell head, random weights, crops of 64 px, with its
+    ONNX graph) for tests of the plumbing (detect, serve, evaluate); its verdicts mean nothing. Threshold 0.5,
+    band 0.1."""
     import torch
 
     from realface.bundle import Bundle, Decision, export_bundle
     from realface.data.faceset import Preprocessing
     from realface.faces.align import CropSettings
-    from realface.models.detectors import DetectorConfig, build_detector
+    from realface.models.detectors import ClassifierOptions, DetectorConfig, build_detector
 
     torch.manual_seed(0)
-    config = DetectorConfig(name="classifier", img_size=64)
+    config = DetectorConfig(name="classifier", img_size=64, options=ClassifierOptions(mask_weight=1.0))
     bundle = Bundle(
         detector=build_detector(config).eval(),
         config=config,

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from realface.bundle import load_bundle
+from realface.model import load_model
 from realface.serve import create_app, serve_in_background
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -119,7 +119,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def site(tiny_model: Path) -> Iterator[str]:
-    with serve_in_background(create_app(load_bundle(tiny_model), frames=2)) as url:
+    with serve_in_background(create_app(load_model(tiny_model), frames=2)) as url:
         yield url
 
 

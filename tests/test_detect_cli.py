@@ -42,9 +42,13 @@ def test_image_and_video_json_with_heatmaps(tiny_model, astronaut, shared_data, 
     image, vid = out["results"]
     assert image["kind"] == "image" and image["status"] == "ok" and image["verdict"] in VERDICTS
     assert 0.0 <= image["p_fake"] <= 1.0 and image["p_fake"] == max(f["p_fake"] for f in image["faces"])
-    face = image["faces"][0]
+    # Faces are listed left to right (HOG also takes a patch of the suit, lower left, for a face).
+    assert [f["face"] for f in image["faces"]] == list(range(len(image["faces"])))
+    assert [f["bbox"][0] for f in image["faces"]] == sorted(f["bbox"][0] for f in image["faces"])
+    face = next(f for f in image["faces"] if f["bbox"][1] < 200)
     x0, y0, x1, y1 = face["bbox"]
     assert 150 < x0 < x1 < 300 and 50 < y0 < y1 < 200  # the astronaut's face in the 512x512 picture
+    assert face["heatmap"].endswith(".png")  # lossless, at the crop's resolution
     crop_overlay = cv2.imread(face["heatmap"])
     assert crop_overlay.shape == (64, 64, 3)
     assert vid["kind"] == "video" and vid["frames_sampled"] == 3 and len(vid["faces"]) == 3
@@ -53,10 +57,10 @@ def test_image_and_video_json_with_heatmaps(tiny_model, astronaut, shared_data, 
     sheet = cv2.imread(vid["contact_sheet"])
     assert sheet is not None and sheet.shape[1] == 8 * 64
     # the overlay is not the plain crop: heat colours were blended in
-    from realface.bundle import load_bundle
     from realface.detect import Scanner
+    from realface.model import load_model
 
-    plain = Scanner(load_bundle(tiny_model)).pipeline.faces_in_image(skdata.astronaut())[0].crop
+    plain = Scanner(load_model(tiny_model)).pipeline.faces_in_image(skdata.astronaut())[0].crop
     assert np.abs(crop_overlay[..., ::-1].astype(int) - plain.astype(int)).mean() > 5
 
 
@@ -122,14 +126,15 @@ def test_shipped_weights_score_a_real_face_crop_deterministically(shared_data):
     same p(fake) twice, a probability, through the same crop settings the card records."""
     import numpy as np
 
-    from realface.bundle import load_bundle
     from realface.detect import Scanner
+    from realface.model import load_model
 
-    bundle = load_bundle()
-    assert bundle.pre.crop.size == bundle.card["recipe"]["crop_size"] and bundle.pre.img_size == bundle.config.img_size
-    assert bundle.decision.band > 0 and 0 < bundle.decision.threshold < 1
+    model = load_model()
+    assert model.engine.name == "onnx"  # the shipped folder carries its graph
+    assert model.pre.crop.size == model.card["recipe"]["crop_size"] and model.pre.img_size == model.card["recipe"]["img_size"]
+    assert model.decision.band > 0 and 0 < model.decision.threshold < 1
     crop = sorted((shared_data / "dfdc").rglob("*.jpg"))[0]
-    scanner = Scanner(bundle, frames=2)
+    scanner = Scanner(model, frames=2)
     first, second = scanner.scan(crop), scanner.scan(crop)
     assert first.status == "ok" and first.p_fake is not None and 0.0 <= first.p_fake <= 1.0
     assert np.isclose(first.p_fake, second.p_fake, atol=1e-6)

@@ -116,3 +116,13 @@ def test_bad_heatmap_folder_is_refused_before_the_scan(tiny_model: Path, astrona
         "is a file, not a folder" in err if kind == "file" else f"cannot be created: {existing} is a file" in err
     )
     assert existing.read_text() == "a file" and not (tmp_path / "heat.txt" / "sub").exists()
+
+
+def test_torch_free_detector_schema_matches_the_registries() -> None:
+    """The ONNX path checks a config's detector section without torch, from a table kept beside the loader; it
+    must say what DetectorConfig and the detector registry say."""
+    from realface.model import DETECTOR_FIELDS, DETECTOR_NAMES, field_types
+    from realface.models.detectors import ALIASES, DETECTORS, DetectorConfig
+
+    assert DETECTOR_FIELDS == {k: v for k, v in field_types(DetectorConfig).items() if k != "options"}
+    assert set(DETECTOR_NAMES) == set(DETECTORS) | set(ALIASES)

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from realface.bundle import Bundle, load_bundle
+from realface.model import Model, load_model
 from realface.detect import Scanner
 from realface.errors import RealfaceError
 from realface.faces.media import read_image
@@ -82,12 +82,12 @@ def video_519(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_model: Path) -> Bundle:
-    return load_bundle(tiny_model)
+def bundle(tiny_model: Path) -> Model:
+    return load_model(tiny_model, maps=True)
 
 
 @pytest.fixture(scope="module")
-def client(bundle: Bundle) -> Iterator[TestClient]:
+def client(bundle: Model) -> Iterator[TestClient]:
     with TestClient(create_app(bundle, frames=2)) as c:
         yield c
 
@@ -151,7 +151,7 @@ def test_safe_filename(name: str | None, safe: str) -> None:
     assert safe_filename(name) == safe
 
 
-def test_public_model_info_hides_server_folders(bundle: Bundle, tiny_model: Path) -> None:
+def test_public_model_info_hides_server_folders(bundle: Model, tiny_model: Path) -> None:
     info = public_model_info(bundle)
     assert info["source"] == tiny_model.name
     assert str(tiny_model.parent) not in json.dumps(info)
@@ -186,7 +186,7 @@ def test_health_model_openapi_and_page(client: TestClient, tiny_model: Path) -> 
     assert "default-src 'none'" in page.headers["content-security-policy"]
 
 
-def test_image_with_heatmap(client: TestClient, bundle: Bundle, astronaut: np.ndarray, astronaut_jpg: bytes,
+def test_image_with_heatmap(client: TestClient, bundle: Model, astronaut: np.ndarray, astronaut_jpg: bytes,
                             tmp_path: Path) -> None:  # fmt: skip
     response = post(client, "astronaut.jpg", astronaut_jpg, heatmap=True, mime="image/jpeg")
     assert response.status_code == 200, response.text
@@ -300,7 +300,7 @@ def test_bad_requests(client: TestClient, utk_jpg: bytes) -> None:
     assert_one_line_error(bad_flag, 422, "bad request parameter query.heatmap")
 
 
-def test_upload_limit_while_streaming(bundle: Bundle, astronaut_jpg: bytes) -> None:
+def test_upload_limit_while_streaming(bundle: Model, astronaut_jpg: bytes) -> None:
     limits = ServeLimits(max_upload_mb=0.02)  # 20 KiB
     with TestClient(create_app(bundle, limits=limits, frames=2)) as c:
         assert len(astronaut_jpg) > 40_000
@@ -319,7 +319,7 @@ def test_upload_limit_while_streaming(bundle: Bundle, astronaut_jpg: bytes) -> N
         assert post(c, "small.png", small).json()["result"]["status"] == "no_face"  # under the limit: answered
 
 
-def test_pixel_and_video_length_limits(bundle: Bundle, shared_data: Path) -> None:
+def test_pixel_and_video_length_limits(bundle: Model, shared_data: Path) -> None:
     limits = ServeLimits(max_image_megapixels=1.0, max_video_seconds=10.0)
     with TestClient(create_app(bundle, limits=limits, frames=2)) as c:
         assert_one_line_error(post(c, "wide.png", png(Image.new("L", (1500, 1000)))), 413, "1500x1000")
@@ -327,7 +327,7 @@ def test_pixel_and_video_length_limits(bundle: Bundle, shared_data: Path) -> Non
         assert_one_line_error(post(c, "004.mp4", video.read_bytes()), 413, "video too long: 12.4 s")
 
 
-def test_busy_gives_503_not_a_hang(bundle: Bundle, utk_jpg: bytes, hold_scans) -> None:
+def test_busy_gives_503_not_a_hang(bundle: Model, utk_jpg: bytes, hold_scans) -> None:
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=0, retry_after_s=3), frames=2)
     held = hold_scans(app)
     started, release = held.started, held.release
@@ -345,7 +345,7 @@ def test_busy_gives_503_not_a_hang(bundle: Bundle, utk_jpg: bytes, hold_scans) -
         assert post(c, "third.jpg", utk_jpg).status_code == 200  # the slot was given back
 
 
-def test_temporary_files_always_removed(bundle: Bundle, astronaut_jpg: bytes, video_519: Path, tmp_path: Path,
+def test_temporary_files_always_removed(bundle: Model, astronaut_jpg: bytes, video_519: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import tempfile
 
@@ -405,7 +405,7 @@ def test_client_path_never_used_on_disk(client: TestClient, astronaut_jpg: bytes
 # -- load on loopback ------------------------------------------------------------------------------
 
 
-def test_load_on_loopback(bundle: Bundle, utk_jpg: bytes) -> None:
+def test_load_on_loopback(bundle: Model, utk_jpg: bytes) -> None:
     """12 concurrent uploads from 4 threads to a real uvicorn: only 200s and 503s, and /healthz answers."""
     app = create_app(bundle, limits=ServeLimits(max_jobs=2, retry_after_s=1), frames=2)
     t0 = time.monotonic()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from realface.bundle import Bundle, load_bundle
+from realface.model import Model, load_model
 from realface.cli import main
 from realface.serve import JobSlots, Metrics, ServeLimits, UploadClock, create_app, quantile, serve_in_background
 
@@ -22,8 +22,8 @@ SHORT = dict(header_timeout_s=0.5, upload_idle_s=0.5, min_upload_kib_s=64.0)  # 
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_model: Path) -> Bundle:
-    return load_bundle(tiny_model)
+def bundle(tiny_model: Path) -> Model:
+    return load_model(tiny_model, maps=True)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_job_slots_first_come_first_served_and_time_out() -> None:
 # -- slow clients ----------------------------------------------------------------------------------
 
 
-def test_stalled_uploads_are_cut_and_do_not_lock_others_out(bundle: Bundle, utk_jpg: bytes) -> None:
+def test_stalled_uploads_are_cut_and_do_not_lock_others_out(bundle: Model, utk_jpg: bytes) -> None:
     """The issue's attack: two uploads that stall after part of their body fill every place; they are cut with
     408 after the idle limit, and the service answers others again."""
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=1, **SHORT), frames=2)
@@ -134,7 +134,7 @@ def test_stalled_uploads_are_cut_and_do_not_lock_others_out(bundle: Bundle, utk_
         assert health["uploads_receiving"] == 0 and health["jobs_running"] == 0
 
 
-def test_trickling_upload_is_cut_by_its_rate(bundle: Bundle, utk_jpg: bytes) -> None:
+def test_trickling_upload_is_cut_by_its_rate(bundle: Model, utk_jpg: bytes) -> None:
     """Never idle for long, but far below the minimum rate: cut once the grace is over."""
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=0, **SHORT), frames=2)
     with serve_in_background(app) as url:
@@ -157,7 +157,7 @@ def test_trickling_upload_is_cut_by_its_rate(bundle: Bundle, utk_jpg: bytes) -> 
         assert upload(url, utk_jpg).status_code == 200
 
 
-def test_slow_headers_are_cut(bundle: Bundle) -> None:
+def test_slow_headers_are_cut(bundle: Model) -> None:
     app = create_app(bundle, limits=ServeLimits(**SHORT), frames=2)
     with serve_in_background(app) as url:
         host, port = url.removeprefix("http://").split(":")
@@ -173,7 +173,7 @@ def test_slow_headers_are_cut(bundle: Bundle) -> None:
             assert http.get("/healthz").status_code == 200
 
 
-def test_disconnect_mid_upload_is_quiet_and_gives_everything_back(bundle: Bundle, utk_jpg: bytes, tmp_path: Path,
+def test_disconnect_mid_upload_is_quiet_and_gives_everything_back(bundle: Model, utk_jpg: bytes, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import tempfile
 
@@ -203,7 +203,7 @@ def test_disconnect_mid_upload_is_quiet_and_gives_everything_back(bundle: Bundle
 # -- bursts and the queue --------------------------------------------------------------------------
 
 
-def test_burst_within_capacity_is_served(bundle: Bundle, utk_jpg: bytes) -> None:
+def test_burst_within_capacity_is_served(bundle: Model, utk_jpg: bytes) -> None:
     """20 simultaneous uploads, 2 jobs at once and a queue of 18: all served (the issue saw 18 of 20 refused)."""
     app = create_app(bundle, limits=ServeLimits(max_jobs=2, queue_length=18), frames=2)
     with serve_in_background(app) as url, ThreadPoolExecutor(20) as pool:
@@ -213,7 +213,7 @@ def test_burst_within_capacity_is_served(bundle: Bundle, utk_jpg: bytes) -> None
     assert 'realface_requests_total{code="200"} 20' in metrics and 'quantile="0.95"' in metrics
 
 
-def test_queue_depth_wait_limit_and_overflow(bundle: Bundle, utk_jpg: bytes, hold_scans) -> None:
+def test_queue_depth_wait_limit_and_overflow(bundle: Model, utk_jpg: bytes, hold_scans) -> None:
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=2, queue_wait_s=30, retry_after_s=2), frames=2)
     held = hold_scans(app)
     started, release = held.started, held.release
@@ -248,7 +248,7 @@ def test_queue_depth_wait_limit_and_overflow(bundle: Bundle, utk_jpg: bytes, hol
         assert client.get("/healthz").json()["uploads_receiving"] == 0
 
 
-def test_a_queued_client_that_leaves_is_not_scanned(bundle: Bundle, utk_jpg: bytes, hold_scans) -> None:
+def test_a_queued_client_that_leaves_is_not_scanned(bundle: Model, utk_jpg: bytes, hold_scans) -> None:
     app = create_app(bundle, limits=ServeLimits(max_jobs=1, queue_length=2, queue_wait_s=30), frames=2)
     held = hold_scans(app)
     started, release, scanned = held.started, held.release, held.calls
@@ -272,7 +272,7 @@ def test_a_queued_client_that_leaves_is_not_scanned(bundle: Bundle, utk_jpg: byt
 # -- API key ---------------------------------------------------------------------------------------
 
 
-def test_api_key(bundle: Bundle, utk_jpg: bytes) -> None:
+def test_api_key(bundle: Model, utk_jpg: bytes) -> None:
     with TestClient(create_app(bundle, frames=2, api_key="s3cret")) as client:
         post = lambda **headers: client.post("/v1/detect", files={"file": ("a.jpg", utk_jpg)}, headers=headers)  # noqa: E731
         assert post().status_code == 401 and "API key" in post().json()["detail"]

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from skimage import data as skdata
 
-from realface.bundle import load_bundle
+from realface.model import load_model
 from realface.cli import main
 from realface.faces.media import probe_video, read_frames, read_image, sample_frames
 from realface.faces.sniff import sniff, sniff_file
@@ -106,7 +106,7 @@ def test_content_and_extension_matrix_cli_equals_service(tiny_model: Path, face_
     code = main(["detect", *map(str, files), "--model", str(tiny_model), "--frames", "2", "--json", "--no-progress"])
     assert code == 1  # the text files cannot be read
     cli = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)["results"]}
-    with TestClient(create_app(load_bundle(tiny_model), frames=2)) as client:
+    with TestClient(create_app(load_model(tiny_model), frames=2)) as client:
         for path in files:
             got = cli[path.name]
             response = client.post("/v1/detect", files={"file": (path.name, path.read_bytes())})
@@ -180,7 +180,7 @@ def test_deadline_stops_decoding(face_mp4: Path) -> None:
 
 
 def test_service_refuses_large_frame_video(tiny_model: Path, big_mjpeg: Path) -> None:
-    bundle = load_bundle(tiny_model)
+    bundle = load_model(tiny_model)
     for limits in (ServeLimits(max_image_megapixels=1.0), ServeLimits(max_request_mb=40)):
         with TestClient(create_app(bundle, limits=limits, frames=2)) as client:
             response = client.post("/v1/detect", files={"file": ("big.avi", big_mjpeg.read_bytes())})
@@ -193,6 +193,6 @@ def test_service_refuses_large_frame_video(tiny_model: Path, big_mjpeg: Path) ->
 
 def test_service_processing_time_limit(tiny_model: Path, face_mp4: Path) -> None:
     limits = ServeLimits(max_processing_s=0.001)
-    with TestClient(create_app(load_bundle(tiny_model), limits=limits, frames=2)) as client:
+    with TestClient(create_app(load_model(tiny_model), limits=limits, frames=2)) as client:
         response = client.post("/v1/detect", files={"file": ("face.mp4", face_mp4.read_bytes())})
     assert response.status_code == 413 and "longer than the limit of 0.001 s" in response.json()["detail"]

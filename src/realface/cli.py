@@ -36,6 +36,12 @@ def _age_bins(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
+                   help="what runs the model: onnx (ONNX Runtime, CPU; the default for exported models), or torch "
+                        "(PyTorch: GPUs, finetune run folders, gradient heatmaps)")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluate
 
@@ -61,22 +67,22 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--age-bins", type=_age_bins, default=None, metavar="EDGES",
                    help="lower edges of the age ranges of column age, in years (default 0,13,20,40,60)")
     p.add_argument("--device", default="cpu")
+    _add_backend(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from realface.bundle import load_bundle
-    from realface.detect import check_device
     from realface.eval.evaluate import evaluate
+    from realface.model import load_model
     from realface.eval.protocol import Protocol, load_protocol, with_groups
     from realface.eval.report import group_summary_lines, summary_table
 
     protocol = load_protocol(args.protocol) if args.protocol else Protocol.from_manifests(args.data)
     protocol = with_groups(protocol, args.groups, args.age_bins)
-    bundle = load_bundle(args.model, check_device(args.device))
+    model = load_model(args.model, args.backend, args.device)
     report = evaluate(
-        bundle, protocol, args.out, frames=args.frames, batch_size=args.batch_size, bootstrap=args.bootstrap,
+        model, protocol, args.out, frames=args.frames, batch_size=args.batch_size, bootstrap=args.bootstrap,
         progress=not args.no_progress,
     )  # fmt: skip
     header, rows = summary_table(report["datasets"])
@@ -164,6 +170,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    _add_backend(p)
     p.add_argument("--no-progress", action="store_true")
     p.epilog = "Exit status: 0 all inputs read, 1 some input could not be read, 2 bad option or model (nothing done)."
     p.set_defaults(handler=_run_detect)
@@ -174,18 +181,18 @@ def _run_detect(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from realface.bundle import load_bundle
-    from realface.detect import CSV_COLUMNS, FileResult, Scanner, check_device, check_output_folder, collect_inputs
+    from realface.detect import CSV_COLUMNS, FileResult, Scanner, check_output_folder, collect_inputs
     from realface.detect import csv_rows, detect_paths, format_table
     from realface.faces.sniff import HEAD_BYTES, sniff
+    from realface.model import load_model
 
     # Options and the model first: a mistake there stops everything before any input is read (exit 2).
     if args.frames < 1 or args.batch_size < 1:
         raise RealfaceError("--frames and --batch-size must be at least 1")
     if args.heatmap is not None:
         check_output_folder(args.heatmap, "--heatmap")
-    bundle = load_bundle(args.model, check_device(args.device))
-    scanner = Scanner(bundle, frames=args.frames, batch_size=args.batch_size, heatmap_dir=args.heatmap)
+    model = load_model(args.model, args.backend, args.device, maps=args.heatmap is not None)
+    scanner = Scanner(model, frames=args.frames, batch_size=args.batch_size, heatmap_dir=args.heatmap)
     with tempfile.TemporaryDirectory(prefix="realface-stdin-") as tmp:
         items = collect_inputs([a for a in args.inputs if a != "-"])
         names = [item.path if isinstance(item, FileResult) else str(item) for item in items]
@@ -202,7 +209,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         for result, name in zip(results, names):
             result.path = name
     if args.json:
-        print(json.dumps({"model": bundle.info(), "results": [r.to_dict() for r in results]}, indent=2))
+        print(json.dumps({"model": model.info(), "results": [r.to_dict() for r in results]}, indent=2))
     elif args.csv:
         writer = csv.DictWriter(sys.stdout, CSV_COLUMNS)
         writer.writeheader()
@@ -234,6 +241,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    _add_backend(p)
     d = ServeLimits()  # the defaults
     lim = p.add_argument_group("limits (per request)")
     lim.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="largest upload, MiB (default %(default)g)")
@@ -263,9 +271,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     import ipaddress
     import os
 
-    from realface.bundle import load_bundle
-    from realface.detect import check_device
     from realface.limits import API_KEY_ENV, ServeLimits
+    from realface.model import load_model
     from realface.serve import create_app, run_server
 
     if not 0 < args.port < 65536:
@@ -282,7 +289,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout, upload_idle_s=args.upload_idle_timeout,
         min_upload_kib_s=args.min_upload_rate, max_processing_s=args.max_processing_seconds,
     )  # fmt: skip
-    bundle = load_bundle(args.model, check_device(args.device))
+    model = load_model(args.model, args.backend, args.device, maps=True)  # the web page shows heatmaps
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -290,7 +297,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not loopback and api_key is None:
         print(f"realface serve: warning: listening on {args.host} without an API key: anyone who can reach it "
               f"can use it (set --api-key or ${API_KEY_ENV})", file=sys.stderr)  # fmt: skip
-    run_server(create_app(bundle, limits=limits, frames=args.frames, api_key=api_key), host=args.host, port=args.port)
+    run_server(create_app(model, limits=limits, frames=args.frames, api_key=api_key), host=args.host, port=args.port)
     return 0
 
 
@@ -430,8 +437,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--model", default="vit_tiny_patch16",
                    help="encoder when not --pretrained (realface.models.encoders.ENCODERS: ViTs, resnet18, "
                         "convnextv2_atto, efficientnet_b0, ...)")
-    d.add_argument("--img-size", type=int, default=224, help="input side when not --pretrained (a multiple of the "
-                   "encoder's stride: 16 for a ViT, 32 for a CNN)")
+    d.add_argument("--img-size", type=int, default=None, help="input side, a multiple of the encoder's stride (16 for a "
+                   "ViT, 32 for a CNN); default 224, or the pretraining side with --pretrained (a CNN may take another)")
     d.add_argument("--crop-size", type=int, default=None,
                    help="side of the crops, for data without a preprocess.json (default 224); the crop settings of "
                         "preprocessed data are read from it and travel with the weights")
@@ -473,7 +480,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     detector_cfg = DetectorConfig(
         name=args.detector,
         encoder=args.model,
-        img_size=args.img_size,
+        img_size=args.img_size or 224,
         pool=args.pool,
         drop_path=args.drop_path,
         freeze=args.freeze,
@@ -495,6 +502,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         threshold_policy=args.threshold_policy,
         threshold_params={"fpr": args.target_fpr} if args.target_fpr is not None else None,
         crop_size=args.crop_size,
+        keep_img_size=args.img_size is not None,
         resume=args.resume,
         device=args.device,
         progress=not args.no_progress,
@@ -533,7 +541,7 @@ def _add_recipe(sub: argparse._SubParsersAction) -> None:
 def _run_recipe(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from realface.bundle import default_weights_dir
+    from realface.model import default_weights_dir
     from realface.recipe import PRESETS, model_card_markdown, run_recipe
 
     preset = args.scale or ("cpu" if args.preset == "default" else args.preset)
@@ -578,6 +586,36 @@ def _run_synth_sbi(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# export
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a finetune run (or an exported model) as a self-contained model folder with its ONNX graph",
+        description="Write DIR/model.safetensors, DIR/config.json (detector, crop settings, decision rule, card) "
+        "and DIR/model.onnx, which detect, evaluate and serve run with ONNX Runtime (no PyTorch needed).",
+    )
+    p.add_argument("model", type=Path, help="a finetune run folder, or an exported model folder")
+    p.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    p.add_argument("--fp32", action="store_true", help="keep 32-bit weights (default: 16-bit, half the size)")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from realface.bundle import export_bundle, load_bundle
+
+    if args.out.resolve() == args.model.resolve():
+        raise RealfaceError("--out must be another folder than the model")
+    bundle = load_bundle(args.model)
+    export_bundle(bundle, args.out, fp16=not args.fp32)
+    print(f"exported {args.model} to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+TRAINING_MODULES = ("torch", "torchvision", "timm", "onnx")  # what `realface[train]` adds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -589,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (
         _add_detect, _add_evaluate, _add_serve, _add_preprocess, _add_pretrain, _add_finetune, _add_recipe,
-        _add_synth_sbi,
+        _add_export, _add_synth_sbi,
     ):
         add(sub)
     return parser
@@ -605,6 +643,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"realface {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as err:  # the light install: training and PyTorch-only paths
+        if (err.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        print(f"realface {args.command}: error: this needs {err.name}, which is not installed: "
+              "pip install 'realface[train]'", file=sys.stderr)  # fmt: skip
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,31 +1,31 @@
 """Detection on images and videos: faces found and cropped the way the model was trained, scored in batches,
 turned into verdicts with the model's stored threshold and confidence band, and explained with heatmaps.
 
-`Scanner` is shared by `realface detect` and `realface serve`, so both give the same answer.
+`Scanner` is shared by `realface detect`, `realface evaluate` and `realface serve`, so all give the same answer.
+It runs on whatever engine the model has (`realface.model`: ONNX Runtime by default, no torch import).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
-from realface.bundle import Bundle
-from realface.data.faceset import to_tensor
 from realface.errors import InputError, RealfaceError
-from realface.eval.aggregate import aggregate_scores
-from realface.eval.thresholds import decide, distance_confidence
+from realface.eval.thresholds import decide, distance_confidence, video_verdict
 from realface.faces.media import DEFAULT_LIMITS, read_image
 from realface.faces.pipeline import FacePipeline, PipelineConfig
 from realface.faces.sniff import Content, media_kind, sniff_file, unsupported_message
 from realface.limits import DecodeLimits
+from realface.model import Model, finish_map
+from realface.preprocessing import normalize
 
 TOP_FRAMES = 3  # frames listed as "the frames that drove" a video verdict
+ARRAYS = ("overlay", "sheet")  # in-memory images of a result, left out of its JSON
 
 
 @dataclass
@@ -36,8 +36,9 @@ class FaceResult:
     p_fake: float  # the model's probability that the face is forged
     confidence: float  # in [0, 1]: evidential 1 - u, or distance of p_fake from the threshold
     verdict: str  # "real", "fake" or "uncertain"
-    heatmap: str | None = None  # path of the overlay image, with --heatmap
+    heatmap: str | None = None  # path of the overlay PNG, with --heatmap
     found_by: str = ""  # the step of the face pipeline that found the face (realface.faces.pipeline.FOUND_BY)
+    overlay: np.ndarray | None = field(default=None, repr=False, compare=False)  # (S, S, 3) uint8 RGB heatmap on the crop
 
 
 @dataclass
@@ -54,9 +55,15 @@ class FileResult:
     frames_without_face: list[int] = field(default_factory=list)  # videos: sampled frames with no main face
     top_frames: list[int] = field(default_factory=list)  # videos: the frames that drove the verdict
     contact_sheet: str | None = None  # videos with --heatmap: all frames' overlays in one image
+    sheet: np.ndarray | None = field(default=None, repr=False, compare=False)  # that image, (H, W, 3) uint8 RGB
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: every field but the in-memory images."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ARRAYS}
+        out["faces"] = [{f.name: getattr(face, f.name) for f in fields(face) if f.name not in ARRAYS} for face in self.faces]
+        out["frames_without_face"] = list(self.frames_without_face)
+        out["top_frames"] = list(self.top_frames)
+        return out
 
 
 def overlay(crop: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -80,8 +87,10 @@ def contact_sheet(tiles: list[np.ndarray], captions: list[str], columns: int = 8
 
 
 def _write_rgb(path: Path, rgb: np.ndarray) -> str:
+    """Write an RGB image as PNG (lossless: a heatmap's colours are its values); returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise RealfaceError(f"could not write {path}")
     return str(path)
 
 
@@ -90,59 +99,65 @@ class Scanner:
 
     def __init__(
         self,
-        bundle: Bundle,
+        model: Model,
         *,
         frames: int = 32,
         batch_size: int = 32,
         heatmap_dir: Path | None = None,
+        heatmaps: bool = False,
         assume_cropped: bool = False,
         limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
-        """assume_cropped: an image with no detected face is taken as a face crop (for data sets of crops).
-        limits: what decoding one input may cost (pixels, memory; `scan` can pass per-call limits instead)."""
-        self.bundle = bundle
+        """heatmaps: draw each face's heatmap over its crop (results' `overlay`, videos' `sheet`); heatmap_dir:
+        that, and written there as PNG files (the results name them). assume_cropped: an image with no detected
+        face is taken as a face crop (for data sets of crops). limits: what decoding one input may cost (pixels,
+        memory; `scan` can pass per-call limits instead)."""
+        self.model = model
         self.limits = limits
         self.batch_size = batch_size
         self.heatmap_dir = Path(heatmap_dir) if heatmap_dir is not None else None
-        self.device = next(bundle.detector.parameters()).device
-        pre = bundle.pre
+        self.heatmaps = heatmaps or heatmap_dir is not None
+        if self.heatmaps and model.engine.map_kind is None:
+            raise RealfaceError(
+                f"this model's heatmaps need gradients, which its {model.engine.name} engine has not: use --backend torch"
+            )
         self.pipeline = FacePipeline(
-            PipelineConfig.for_crop(pre.crop, frames=frames, assume_cropped=assume_cropped)
+            PipelineConfig.for_crop(model.pre.crop, frames=frames, assume_cropped=assume_cropped)
         )
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def _tensors(self, crops: list[np.ndarray]) -> torch.Tensor:
-        size = self.bundle.pre.img_size
-        views = [
-            c if c.shape[0] == size else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops
-        ]
-        return torch.stack([to_tensor(v, self.bundle.pre) for v in views])
+    def _inputs(self, crops: list[np.ndarray]) -> np.ndarray:
+        """(N, 3, S, S) float32 model input from crops (any side)."""
+        pre = self.model.pre
+        size = pre.img_size
+        views = [c if c.shape[0] == size else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops]
+        return np.stack([normalize(v, pre) for v in views])
 
     def score(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
-        """p(fake) (N,), confidence (N,), and heat maps (N of (S, S)) when a heatmap folder is set.
+        """p(fake) (N,), confidence (N,), and with heatmaps on, heat maps (N of (S, S) in [0, 1], each at its
+        crop's resolution).
 
         crops: aligned face crops (S, S, 3) uint8 RGB, as the face pipeline makes them.
         """
-        detector, decision = self.bundle.detector, self.bundle.decision
+        engine, decision = self.model.engine, self.model.decision
         probs, conf, heats = [], [], []
         for start in range(0, len(crops), self.batch_size):
-            x = self._tensors(crops[start : start + self.batch_size]).to(self.device)
-            with torch.no_grad():
-                out = detector(x)
-            p = decision.calibrate(out.prob_fake.float().cpu().numpy())
-            if decision.confidence == "evidential" and out.uncertainty is not None:
-                c = 1.0 - out.uncertainty.float().cpu().numpy()
+            chunk = crops[start : start + self.batch_size]
+            pred = engine.run(self._inputs(chunk), maps=self.heatmaps)
+            p = decision.calibrate(pred.prob_fake.astype(np.float32))
+            if decision.confidence == "evidential" and pred.uncertainty is not None:
+                c = 1.0 - pred.uncertainty.astype(np.float32)
             else:
                 c = distance_confidence(p, decision.threshold)
             probs.append(p)
             conf.append(c)
-            if self.heatmap_dir is not None:
-                heats.extend(detector.heatmap(x).detach().float().cpu().numpy())
-        return np.concatenate(probs), np.concatenate(conf), (heats if self.heatmap_dir is not None else None)
+            if self.heatmaps:
+                heats.extend(finish_map(m, engine.map_kind, crop.shape[0]) for m, crop in zip(pred.maps, chunk))
+        return np.concatenate(probs), np.concatenate(conf), (heats if self.heatmaps else None)
 
     def _verdicts(self, probs: np.ndarray, conf: np.ndarray) -> list[str]:
-        d = self.bundle.decision
+        d = self.model.decision
         return [str(v) for v in decide(probs, d.threshold, conf, d.band)]
 
     # -- inputs --------------------------------------------------------------------------------
@@ -175,22 +190,21 @@ class Scanner:
         raise InputError(unsupported_message(content))
 
     def scan_image(self, rgb: np.ndarray, name: str) -> FileResult:
-        faces = self.pipeline.faces_in_image(rgb)
+        faces = sorted(self.pipeline.faces_in_image(rgb), key=lambda f: (f.bbox[0], f.bbox[1]))  # left to right
         if not faces:
             return FileResult(path=name, kind="image", status="no_face", message="no face found")
         probs, conf, heats = self.score([f.crop for f in faces])
         verdicts = self._verdicts(probs, conf)
-        results = []
-        for i, face in enumerate(faces):
-            heat_path = None
-            if heats is not None:
-                heat_path = _write_rgb(self._heat_path(name, f"face{i}"), overlay(face.crop, heats[i]))
-            results.append(
-                FaceResult(
-                    -1, i, [round(float(v), 1) for v in face.bbox], float(probs[i]), float(conf[i]), verdicts[i],
-                    heat_path, found_by=face.found_by,
-                )  # fmt: skip
-            )
+        results = [
+            FaceResult(
+                -1, i, [round(float(v), 1) for v in face.bbox], float(probs[i]), float(conf[i]), verdicts[i],
+                found_by=face.found_by, overlay=None if heats is None else overlay(face.crop, heats[i]),
+            )  # fmt: skip
+            for i, face in enumerate(faces)
+        ]
+        if self.heatmap_dir is not None:
+            for r in results:
+                r.heatmap = _write_rgb(self._heat_path(name, f"face{r.face}"), r.overlay)
         top = int(np.argmax(probs))  # an image is as fake as its most suspicious face
         return FileResult(
             path=name, kind="image", status="ok", p_fake=float(probs[top]), confidence=float(conf[top]),
@@ -213,42 +227,33 @@ class Scanner:
         verdicts = self._verdicts(probs, conf)
         results = [
             FaceResult(
-                f.frame, 0, [round(float(v), 1) for v in f.face.bbox], float(p), float(c), v, found_by=f.face.found_by
-            )
-            for f, p, c, v in zip(with_face, probs, conf, verdicts)
+                f.frame, 0, [round(float(v), 1) for v in f.face.bbox], float(p), float(c), v, found_by=f.face.found_by,
+                overlay=None if heats is None else overlay(f.face.crop, heats[i]),
+            )  # fmt: skip
+            for i, (f, p, c, v) in enumerate(zip(with_face, probs, conf, verdicts))
         ]
-        # Frames weigh by their confidence (FFDBackbone's idea); a video of only unsure frames gets the plain mean.
-        _, video_score = aggregate_scores(probs, np.zeros(len(probs), np.int64), "confidence_weighted", confidences=conf)
-        score = float(video_score[0])
-        d = self.bundle.decision
-        if d.confidence == "evidential":
-            video_conf = float(np.average(conf, weights=np.maximum(conf, 1e-6)))
-        else:
-            video_conf = float(distance_confidence(np.array([score]), d.threshold)[0])
-        verdict = self._verdicts(np.array([score]), np.array([video_conf]))[0]
-        # The frames that drove the verdict: the most confident frames on the side of the video's score.
-        side = np.where(probs >= d.threshold, 1.0, -1.0) * (1.0 if score >= d.threshold else -1.0)
-        order = np.argsort(-(side * conf))
-        top_frames = [int(with_face[i].frame) for i in order[:TOP_FRAMES] if side[i] > 0]
+        d = self.model.decision
+        video = video_verdict(probs, conf, d.threshold, d.band, d.confidence == "evidential", TOP_FRAMES)
         sheet = None
         if heats is not None:
-            tiles = [overlay(f.crop, h) for f, h in zip(faces, heats)]
-            for r, tile in zip(results, tiles):
-                r.heatmap = _write_rgb(self._heat_path(name, f"frame{r.frame:05d}"), tile)
-            captions = [f"#{r.frame} p={r.p_fake:.2f}" for r in results]
-            sheet = _write_rgb(self._heat_path(name, "sheet"), contact_sheet(tiles, captions))
+            sheet = contact_sheet([r.overlay for r in results], [f"#{r.frame} p={r.p_fake:.2f}" for r in results])
+        sheet_path = None
+        if self.heatmap_dir is not None:
+            for r in results:
+                r.heatmap = _write_rgb(self._heat_path(name, f"frame{r.frame:05d}"), r.overlay)
+            sheet_path = _write_rgb(self._heat_path(name, "sheet"), sheet)
         return FileResult(
-            path=name, kind="video", status="ok", p_fake=score, confidence=video_conf, verdict=verdict,
-            faces=results, frames_sampled=len(frames), frames_without_face=missing, top_frames=top_frames,
-            contact_sheet=sheet,
+            path=name, kind="video", status="ok", p_fake=video.score, confidence=video.confidence, verdict=video.verdict,
+            faces=results, frames_sampled=len(frames), frames_without_face=missing,
+            top_frames=[int(with_face[i].frame) for i in video.drivers], contact_sheet=sheet_path, sheet=sheet,
         )  # fmt: skip
 
     def _heat_path(self, name: str, suffix: str) -> Path:
-        """DIR/<file name>_<hash of the full path>_<suffix>.jpg: files of the same name never collide."""
+        """DIR/<file name>_<hash of the full path>_<suffix>.png: files of the same name never collide."""
         assert self.heatmap_dir is not None
         stem = Path(name).name.replace(".", "_") or "input"
         digest = hashlib.sha1(name.encode()).hexdigest()[:6]
-        return self.heatmap_dir / f"{stem}_{digest}_{suffix}.jpg"
+        return self.heatmap_dir / f"{stem}_{digest}_{suffix}.png"
 
 
 def check_output_folder(path: Path, option: str) -> None:
@@ -270,15 +275,6 @@ def check_output_folder(path: Path, option: str) -> None:
         raise RealfaceError(f"{option} {path} cannot be created: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RealfaceError(f"{option} {path} cannot be created: {parent} is not writable")
-
-
-def check_device(name: str) -> torch.device:
-    from realface.train.distributed import resolve_device
-
-    try:
-        return resolve_device(name)
-    except RuntimeError as err:
-        raise RealfaceError(str(err)) from None
 
 
 # -- the command ---------------------------------------------------------------------------------

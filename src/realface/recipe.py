@@ -158,11 +158,11 @@ def machine() -> str:
     return text
 
 
-def measure_ffpp(bundle, shared: Path, frames: int) -> list[dict[str, Any]]:
+def measure_ffpp(model, shared: Path, frames: int) -> list[dict[str, Any]]:
     """Video-level score of each FF++ sample video (not a claim of accuracy: one video per method)."""
     from realface.detect import Scanner
 
-    scanner = Scanner(bundle, frames=frames)
+    scanner = Scanner(model, frames=frames)
     rows = []
     with (shared / "ffpp-videos" / "manifest.csv").open(newline="") as f:
         for row in csv.DictReader(f):
@@ -313,7 +313,8 @@ def export_and_measure(
     """Export the best checkpoint of the fine-tuning run `ft_run` to `export_to` (fp16) and measure exactly what
     ships: DFDC val (threshold, band, temperature refitted on it), robustness, localization, FF++ videos.
     Returns the model card (`export_card` writes it); `note` is shown in it (e.g. a run stopped early)."""
-    from realface.bundle import Decision, export_bundle, load_bundle
+    from realface.bundle import export_bundle, load_bundle
+    from realface.model import Decision, Model
     from realface.data.faceset import Preprocessing
     from realface.data.labelled import DetectionFaces, build_items
     from realface.eval.localization import localization_report
@@ -328,7 +329,7 @@ def export_and_measure(
     probs, unc = score_dataset(shipped.detector, val_set, 64, cfg.workers)
     decision = Decision.from_json(fit_decision(val_set.labels(), probs, unc))
     shipped = replace(shipped, decision=decision)
-    ffpp = measure_ffpp(shipped, shared, cfg.frames)
+    ffpp = measure_ffpp(Model.from_bundle(shipped), shared, cfg.frames)
     robustness = measure_robustness(shipped, val_records, probs, cfg.workers)
     where = None
     if shipped.config.options.cell_targets:

@@ -6,7 +6,7 @@ Endpoints:
   queued for a job and the uploads being received.
 - `GET /metrics`: request counts by status code and latency quantiles of `/v1/detect`, queue gauges, in the
   Prometheus text format.
-- `GET /v1/model`: what `Bundle.info()` says (model card, threshold, band), without server paths, plus the
+- `GET /v1/model`: what `Model.info()` says (model card, threshold, band), without server paths, plus the
   service's limits.
 - `POST /v1/detect`: one image or video as the multipart field `file`; `?heatmap=true` adds heatmaps.
 - `GET /openapi.json`, `GET /docs`: FastAPI's schema and its Swagger page, whose scripts and styles come from
@@ -16,7 +16,7 @@ Endpoints:
 `{"model": {...}, "result": FileResult.to_dict()}`, with three changes so no server path leaks out:
 `result.path` is the client's file name reduced to a safe base name; `heatmap` (per face) and `contact_sheet`
 are always null; with `?heatmap=true`, `heatmap_png` (per face of an image) and `contact_sheet_png` (a video)
-hold base64 PNG data instead (the overlays `detect --heatmap` writes, re-encoded from its JPEG files).
+hold base64 PNG data instead (the overlays `detect --heatmap` writes, encoded from the scan's arrays).
 
 Status codes: 200 for every file that was read, including status "no_face": finding no face is an answer
 about the file, not a failure of the request. 400: no multipart body, or no `file` field. 401: an API key is
@@ -60,6 +60,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -68,12 +69,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from realface.bundle import Bundle
 from realface.detect import FileResult, Scanner
 from realface.errors import InputError, RealfaceError
 from realface.faces.media import probe_video
 from realface.faces.sniff import HEAD_BYTES, sniff, unsupported_message
 from realface.limits import API_KEY_ENV, MIB, DecodeLimits, LimitError, ServeLimits  # noqa: F401 (re-exported)
+from realface.model import Model
 
 MULTIPART_OVERHEAD = 64 * 1024  # bytes of multipart framing and small fields allowed beyond the file itself
 SAFE_NAME_LENGTH = 120  # longest client file name echoed back, in characters
@@ -102,9 +103,9 @@ def safe_filename(name: str | None) -> str:
     return base or "upload"
 
 
-def public_model_info(bundle: Bundle) -> dict[str, Any]:
-    """`bundle.info()` with the server's folders reduced to their last component."""
-    info = bundle.info()
+def public_model_info(model: Model) -> dict[str, Any]:
+    """`model.info()` with the server's folders reduced to their last component."""
+    info = model.info()
     info["source"] = Path(info["source"]).name
     card = dict(info.get("card") or {})
     if isinstance(card.get("run"), str):
@@ -113,14 +114,11 @@ def public_model_info(bundle: Bundle) -> dict[str, Any]:
     return info
 
 
-def png_base64(path: Path) -> str:
-    """The image at `path` re-encoded as PNG, as base64 text (what `heatmap_png` holds)."""
+def png_base64(rgb: np.ndarray) -> str:
+    """An RGB image (H, W, 3) uint8 as PNG, in base64 text (what `heatmap_png` holds)."""
     import cv2
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise RealfaceError("could not read back a heatmap")
-    ok, data = cv2.imencode(".png", image)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RealfaceError("could not encode a heatmap as PNG")
     return base64.b64encode(data.tobytes()).decode("ascii")
@@ -439,16 +437,16 @@ async def drain(request: Request, limits: ServeLimits) -> None:
 class DetectService:
     """One loaded model shared by all requests: admission, the queue, checks, scanning under a lock, encoding."""
 
-    def __init__(self, bundle: Bundle, limits: ServeLimits, frames: int, api_key: str | None = None) -> None:
+    def __init__(self, model: Model, limits: ServeLimits, frames: int, api_key: str | None = None) -> None:
         if frames < 1:
             raise RealfaceError(f"--frames must be at least 1, got {frames}")
         if api_key is not None and not api_key.strip():
             raise RealfaceError("the API key must not be empty")
-        self.bundle = bundle
+        self.model = model
         self.limits = limits
         self.frames = frames
-        self.scanner = Scanner(bundle, frames=frames)
-        self.model_info = public_model_info(bundle)
+        self.scanner = Scanner(model, frames=frames)
+        self.model_info = public_model_info(model)
         self.metrics = Metrics()
         self.slots = JobSlots(limits.max_jobs)
         self.places = 0  # requests admitted and not finished (receiving, queued or running); event loop only
@@ -511,10 +509,10 @@ class DetectService:
                 413, f"video too long: {seconds:.1f} s is over the limit of {self.limits.max_video_seconds:g} s"
             )
 
-    def _scan(self, path: Path, content: Any, heat_dir: Path | None) -> FileResult:
+    def _scan(self, path: Path, content: Any, heatmap: bool) -> FileResult:
         scanner = self.scanner
-        if heat_dir is not None:  # same model and face pipeline, writing overlays into the request's folder
-            scanner = Scanner(self.bundle, frames=self.frames, heatmap_dir=heat_dir)
+        if heatmap:  # same model and face pipeline, drawing overlays in memory
+            scanner = Scanner(self.model, frames=self.frames, heatmaps=True)
             scanner.pipeline = self.scanner.pipeline
         with self._model_lock:
             limits = self.limits.decode_limits()  # the processing time counts from here
@@ -531,9 +529,8 @@ class DetectService:
         path = raw.rename(raw.with_name("upload" + content.suffix))
         if content.kind == "video":
             self._check_video(path, self.limits.decode_limits())
-        heat_dir = path.parent / "heat" if heatmap else None
         try:
-            result = self._scan(path, content, heat_dir)
+            result = self._scan(path, content, heatmap)
         except LimitError as err:
             raise _error(413, str(err)) from None
         except RealfaceError as err:
@@ -551,10 +548,10 @@ class DetectService:
         for face, face_out in zip(result.faces, out["faces"]):
             face_out["heatmap"] = None
             face_out["heatmap_png"] = (
-                png_base64(Path(face.heatmap)) if heatmap and face.heatmap and result.kind == "image" else None
+                png_base64(face.overlay) if heatmap and face.overlay is not None and result.kind == "image" else None
             )
         out["contact_sheet"] = None
-        out["contact_sheet_png"] = png_base64(Path(result.contact_sheet)) if heatmap and result.contact_sheet else None
+        out["contact_sheet_png"] = png_base64(result.sheet) if heatmap and result.sheet is not None else None
         return out
 
     async def handle(self, request: Request, heatmap: bool) -> dict[str, Any] | Response:
@@ -652,9 +649,9 @@ _UPLOAD_BODY = {
 
 
 def create_app(
-    bundle: Bundle, *, limits: ServeLimits | None = None, frames: int = 32, api_key: str | None = None
+    model: Model, *, limits: ServeLimits | None = None, frames: int = 32, api_key: str | None = None
 ) -> FastAPI:
-    """The service for one loaded model (`load_bundle(...)`), which all requests share.
+    """The service for one loaded model (`realface.model.load_model(...)`), which all requests share.
 
     frames: frames sampled per video; api_key: required on /v1/* and /metrics when given.
     `app.state.service` is the `DetectService` doing the work.
@@ -662,7 +659,7 @@ def create_app(
     from realface import __version__
 
     limits = limits or ServeLimits()
-    service = DetectService(bundle, limits, frames, api_key)
+    service = DetectService(model, limits, frames, api_key)
     page = _page()
     app = FastAPI(
         title="realface",

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from realface.bundle import Bundle
-from realface.data.faceset import read_rgb
+from realface.preprocessing import read_rgb
 from realface.detect import Scanner
 from realface.errors import InputError
 from realface.eval.protocol import DatasetSpec, Protocol, read_dataset, read_header, resolve_threshold
 from realface.eval.report import FaceScore, write_report
 from realface.eval.thresholds import Threshold
+from realface.model import Model
 
 
 def score_dataset_items(
@@ -71,7 +71,7 @@ def score_dataset_items(
 
 
 def evaluate(
-    bundle: Bundle,
+    model: Model,
     protocol: Protocol,
     out: Path,
     *,
@@ -80,8 +80,8 @@ def evaluate(
     bootstrap: int = 1000,
     progress: bool = True,
 ) -> dict:
-    """Score every dataset of `protocol` with `bundle` and write the report to `out`; returns metrics.json."""
-    scanner = Scanner(bundle, frames=frames, batch_size=batch_size)
+    """Score every dataset of `protocol` with `model` and write the report to `out`; returns metrics.json."""
+    scanner = Scanner(model, frames=frames, batch_size=batch_size)
     rows: list[FaceScore] = []
     scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     problems: list[str] = []
@@ -92,11 +92,11 @@ def evaluate(
         rows.extend(ds_rows)
         problems.extend(ds_problems)
         scored[spec.name] = (np.array([r.label for r in ds_rows]), np.array([r.score for r in ds_rows]))
-    d = bundle.decision
+    d = model.decision
     stored = Threshold(value=float(d.threshold), policy=d.policy, params=dict(d.params))
     threshold, source = resolve_threshold(protocol, scored, stored)
     report = write_report(
-        rows, out, threshold=threshold, band=d.band, model_info=bundle.info(), bootstrap=bootstrap,
+        rows, out, threshold=threshold, band=d.band, model_info=model.info(), bootstrap=bootstrap,
         name=protocol.name, threshold_source=source,
     )  # fmt: skip
     if problems:

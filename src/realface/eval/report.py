@@ -56,10 +56,12 @@ from realface.eval.thresholds import (
     FAKE,
     REAL,
     UNCERTAIN,
+    VIDEO_AGGREGATION,
     Threshold,
     coverage_accuracy_curve,
     decide,
     distance_confidence,
+    video_verdict,
 )
 
 VERDICTS = (REAL, FAKE, UNCERTAIN)
@@ -324,12 +326,15 @@ def _frame_ids(rows: Sequence[FaceScore]) -> np.ndarray:
 
 
 def video_level(
-    rows: Sequence[FaceScore], threshold: float, band: float, *, bootstrap: int = 1000, seed: int = 0
+    rows: Sequence[FaceScore], threshold: float, band: float, *, bootstrap: int = 1000, seed: int = 0,
+    evidential: bool = False,
 ) -> dict | None:
     """Video-level metrics of the rows that name a video, per aggregation in `AGGREGATIONS`; None if none do.
 
-    A video's confidence is its score's distance to the threshold (`distance_confidence`); videos are
-    resampled by the group of their first face when groups are given.
+    The confidence-weighted aggregation is `thresholds.video_verdict`, the rule `detect` and `serve` give a
+    video by (evidential: the model's confidences are 1 - uncertainty); for the other aggregations a video's
+    confidence is its score's distance to the threshold. Videos are resampled by the group of their first
+    face when groups are given.
     """
     in_video = [r for r in rows if r.video]
     if not in_video:
@@ -345,8 +350,16 @@ def video_level(
     clusters = _clusters([group_of[v] for v in video_ids.tolist()])
     aggregations = {}
     for method in AGGREGATIONS:
-        _, video_scores = aggregate_scores(scores, videos, method, confidences=conf, frame_ids=_frame_ids(in_video))
-        video_conf = distance_confidence(video_scores, threshold)
+        if method == VIDEO_AGGREGATION:
+            decided = [
+                video_verdict(scores[idx], conf[idx], threshold, band, evidential)
+                for idx in (np.flatnonzero(videos == v) for v in video_ids)
+            ]
+            video_scores = np.array([d.score for d in decided])
+            video_conf = np.array([d.confidence for d in decided])
+        else:
+            _, video_scores = aggregate_scores(scores, videos, method, confidences=conf, frame_ids=_frame_ids(in_video))
+            video_conf = distance_confidence(video_scores, threshold)
         aggregations[method] = level_metrics(
             video_labels, video_scores, video_conf, threshold, band, clusters, bootstrap=bootstrap, seed=seed
         )
@@ -359,7 +372,8 @@ def video_level(
 
 
 def dataset_metrics(
-    rows: Sequence[FaceScore], threshold: float | Threshold, band: float, *, bootstrap: int = 1000, seed: int = 0
+    rows: Sequence[FaceScore], threshold: float | Threshold, band: float, *, bootstrap: int = 1000, seed: int = 0,
+    evidential: bool = False,
 ) -> dict:
     """All metrics of one dataset's rows (missing confidences filled in by `complete_scores`).
 
@@ -375,7 +389,7 @@ def dataset_metrics(
     frame = level_metrics(labels, scores, conf, t, band, clusters, bootstrap=bootstrap, seed=seed)
     has_groups = any(r.group for r in rows)
     frame["resampled"] = "faces" if clusters is None else "groups" if has_groups else "videos"
-    video = video_level(rows, t, band, bootstrap=bootstrap, seed=seed)
+    video = video_level(rows, t, band, bootstrap=bootstrap, seed=seed, evidential=evidential)
     notes = [] if video is not None else ["no video ids: video-level metrics are not computed"]
     groups = group_metrics(rows, t, clusters, bootstrap=bootstrap, seed=seed)
     return {"frame": frame, "video": video, "groups": groups, "notes": notes}
@@ -872,6 +886,7 @@ def write_report(
     if not 0.0 <= float(band) <= 1.0:
         raise RealfaceError(f"confidence band must be in [0, 1], got {band}")
     t = float(threshold)
+    evidential = (model_info.get("decision") or {}).get("confidence") == "evidential"
     rows = complete_scores(as_face_scores(scores), t, band)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -882,7 +897,7 @@ def write_report(
     write_scores_csv(rows, out_dir / files["scores"])
     datasets = {}
     for ds, ds_rows in groups.items():
-        m = dataset_metrics(ds_rows, t, band, bootstrap=bootstrap, seed=seed)
+        m = dataset_metrics(ds_rows, t, band, bootstrap=bootstrap, seed=seed, evidential=evidential)
         m["hardest_errors"] = _error_records(hardest_errors(ds_rows, t), t, out_dir, slugs[ds], thumbnails)
         datasets[ds] = m
         files["datasets"][ds] = _dataset_plots(ds_rows, m, t, band, out_dir, slugs[ds], ds)

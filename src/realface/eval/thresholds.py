@@ -265,3 +265,43 @@ def fit_confidence_band(
             f"{acc[best]:.3f} at coverage {coverage[best]:.3f}"
         )
     return float(bands[reached[0]])
+
+
+VIDEO_AGGREGATION = "confidence_weighted"  # how `video_verdict` pools a video's frames (realface.eval.aggregate)
+
+
+@dataclass(frozen=True)
+class VideoVerdict:
+    """One video's decision from its frames' (faces') scores: what detect, serve and the report all give."""
+
+    score: float  # pooled p(fake)
+    confidence: float  # in [0, 1]
+    verdict: str  # real, fake or uncertain
+    drivers: tuple[int, ...]  # indices of the frames that drove the verdict: the most confident on its side
+
+
+def video_verdict(
+    scores: Any, confidences: Any, threshold: float, band: float, evidential: bool = False, top: int = 3
+) -> VideoVerdict:
+    """The one decision rule for a video. scores, confidences: (N,) of its frames' faces.
+
+    Frames weigh by their confidence (FFDBackbone's idea; a video of only unsure frames gets the plain mean).
+    The video's confidence is the confidence-weighted mean of its frames' for an evidential model (whose
+    confidence is 1 - uncertainty), else the pooled score's distance to the threshold.
+    """
+    from realface.eval.aggregate import aggregate_scores
+
+    p = _probabilities(scores)
+    c = _confidences(confidences, p.size)
+    if p.size == 0:
+        raise RealfaceError("a video verdict needs at least one scored frame")
+    _, pooled = aggregate_scores(p, np.zeros(p.size, np.int64), VIDEO_AGGREGATION, confidences=c)
+    score = float(pooled[0])
+    if evidential:
+        conf = float(np.average(c, weights=np.maximum(c, 1e-6)))
+    else:
+        conf = float(distance_confidence(np.array([score]), threshold)[0])
+    verdict = str(decide(np.array([score]), threshold, np.array([conf]), band)[0])
+    side = np.where(p >= threshold, 1.0, -1.0) * (1.0 if score >= threshold else -1.0)
+    order = np.argsort(-(side * c), kind="stable")
+    return VideoVerdict(score, conf, verdict, tuple(int(i) for i in order[:top] if side[i] > 0))

@@ -14,7 +14,6 @@ checkpoint behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,28 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from realface.errors import RealfaceError
+from realface.files import CONFIG, DECISION, WEIGHTS, read_json, write_json  # noqa: F401 (this module's API too)
 
-WEIGHTS = "model.safetensors"
 META = "meta.json"
 STATE = "train_state.pt"
-CONFIG = "config.json"
-DECISION = "decision.json"  # a detector run's threshold and confidence band (see train.finetune)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RealfaceError(f"{path} not found") from None
-    except json.JSONDecodeError as err:
-        raise RealfaceError(f"{path} is not valid JSON: {err}") from None
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> None:

@@ -186,6 +186,7 @@ def finetune(
     threshold_policy: str = "eer",
     threshold_params: dict[str, float] | None = None,
     crop_size: int | None = None,
+    keep_img_size: bool = False,
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -197,9 +198,10 @@ def finetune(
     data: face manifests from `realface preprocess` (label column real/fake or live/spoof). Without `val`,
     rows with split=val in `data` are the validation set. pretrained: a `realface pretrain` run folder, or
     None for a randomly initialised encoder (its encoder size, input side and MAE settings then override
-    those of `detector_cfg`). The crop settings come from the preprocess.json of the data (one setting for all
-    of it, or an error) and are recorded so detection crops faces the same way; crop_size is the side of crops
-    that have none (plain folders), and must agree with the data's where it has one.
+    those of `detector_cfg`; with keep_img_size a CNN keeps `detector_cfg.img_size` instead of the pretraining
+    side). The crop settings come from the preprocess.json of the data (one setting for all of it, or an error)
+    and are recorded so detection crops faces the same way; crop_size is the side of crops that have none
+    (plain folders), and must agree with the data's where it has one.
     """
     from realface.models.pretrained import load_pretrainer
 
@@ -225,8 +227,8 @@ def finetune(
         if pretrained is not None and not resume:
             pretrainer, pre = load_pretrainer(pretrained)
             # The encoder (size, input side) and the MAE that rffr keeps come from the pretraining run.
-            detector_cfg = detector_cfg.for_pretrainer(pretrainer.config)
-            pre = replace(pre, crop=crop)
+            detector_cfg = detector_cfg.for_pretrainer(pretrainer.config, detector_cfg.img_size if keep_img_size else None)
+            pre = replace(pre, crop=crop, img_size=detector_cfg.img_size)
         elif resume:
             pre = Preprocessing.from_dict(saved["preprocessing"])
         detector = build_detector(detector_cfg, pretrainer)

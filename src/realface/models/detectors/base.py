@@ -98,9 +98,21 @@ class DetectorConfig:
         shared, options = split_detector_dict(data)
         return cls(**shared, options=options_for(str(shared.get("name", "classifier")), options))  # type: ignore[arg-type]
 
-    def for_pretrainer(self, model_cfg: ModelConfig) -> DetectorConfig:
-        """This config with the encoder, input size and anything else a pretraining run fixes."""
-        return replace(self, encoder=model_cfg.encoder, img_size=model_cfg.img_size, options=self.options.for_pretrainer(model_cfg))
+    def for_pretrainer(self, model_cfg: ModelConfig, img_size: int | None = None) -> DetectorConfig:
+        """This config with the encoder, input size and anything else a pretraining run fixes.
+
+        img_size: fine-tune at this side instead of the pretraining one; only for a CNN, whose weights do not
+        depend on the input size (e.g. pretrain at 96 px, fine-tune at 128: FixRes, progressive resizing). A
+        ViT's position embeddings fix its side.
+        """
+        size = model_cfg.img_size
+        if img_size is not None and img_size != size:
+            if encoder_info(model_cfg.encoder).family != "cnn":
+                raise RealfaceError(
+                    f"{model_cfg.encoder} was pretrained at {size} px and fine-tunes at that side only, not {img_size}"
+                )
+            size = img_size
+        return replace(self, encoder=model_cfg.encoder, img_size=size, options=self.options.for_pretrainer(model_cfg))
 
 
 # Flat keys of configs written before per-detector options: old name -> (detector, option name).
@@ -189,6 +201,17 @@ class Detector(nn.Module):
     def heatmap(self, images: torch.Tensor) -> torch.Tensor:
         """(N, H, W) in [0, 1]: where the model sees forgery. Call `eval()` first for a deterministic map."""
         return gradient_x_input(lambda x: fake_margin(self(x).logits), images)
+
+    @property
+    def map_kind(self) -> str | None:
+        """How `map_from`'s maps become heatmaps (`realface.model.MAP_KINDS`); None: this detector has no
+        forward-pass map (its heatmap needs gradients, which an ONNX graph does not carry)."""
+        return None
+
+    def map_from(self, output: DetectorOutput) -> torch.Tensor | None:
+        """(N, h, w) raw map of where the model sees forgery, from a forward pass's output (no gradients: it
+        exports to ONNX); None when `map_kind` is None."""
+        return None
 
     def export(self, calibration: torch.Tensor | None = None) -> Detector:
         """A lighter model for inference with the same interface (default: self). calibration: (N, 3, H, W)."""

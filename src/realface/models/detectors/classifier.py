@@ -88,14 +88,23 @@ class ClassifierDetector(Detector):
             extras["patch_logits"] = self.patch_head(fmap.flatten(2).transpose(1, 2))  # (N, h*w), row-major cells
         return output_from_logits(self.head(features), None, extras)
 
+    @property
+    def map_kind(self) -> str | None:
+        return "probability" if self.patch_head is not None else None
+
+    def map_from(self, output: DetectorOutput) -> torch.Tensor | None:
+        """(N, rows, cols): each cell's forgery probability, from the cell head (None without one)."""
+        if self.patch_head is None:
+            return None
+        return output.extras["patch_logits"].float().sigmoid().reshape(-1, *self.config.grid)
+
     def heatmap(self, images: torch.Tensor) -> torch.Tensor:
         """(N, H, W) in [0, 1]: the patch head's forgery probability, bilinearly upsampled; without a patch head,
         gradient x input (Detector.heatmap)."""
         if self.patch_head is None:
             return super().heatmap(images)
-        rows, cols = self.config.grid
         with torch.no_grad():
-            probs = self(images).extras["patch_logits"].float().sigmoid().reshape(-1, 1, rows, cols)
+            probs = self.map_from(self(images)).unsqueeze(1)
         return F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False).squeeze(1).clamp(0, 1)
 
     def loss(

@@ -165,6 +165,12 @@ class RFFRDetector(Detector):
         loss = ce_loss(output.logits, labels, self.config.label_smoothing)
         return loss, {"ce": loss.detach()}
 
+    map_kind = "relative"
+
+    def map_from(self, output: DetectorOutput) -> torch.Tensor:
+        """(N, H, W): |residual| averaged over channels."""
+        return output.extras["residual"].abs().mean(dim=1)
+
     def heatmap(self, images: torch.Tensor) -> torch.Tensor:
         """(N, H, W) in [0, 1]: |residual| averaged over channels, divided by its 99th percentile per face."""
         return normalize_maps(self.residual(images).abs().mean(dim=1))
