@@ -225,5 +225,7 @@ def mask_to_indices(mask: torch.Tensor) -> MaskIndices:
     if mask.ndim != 2 or (counts != counts[0]).any():
         raise RealfaceError("every sample of a batch must mask the same number of patches")
     n_keep = mask.shape[1] - int(counts[0])
-    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # (N, L): visible first, each part ascending
+    length = mask.shape[1]
+    key = mask.to(torch.int64) * length + torch.arange(length, device=mask.device)  # distinct keys: no stable sort
+    order = torch.argsort(key, dim=1)  # (N, L): visible first, each part ascending (exports to ONNX as TopK)
     return MaskIndices(keep_idx=order[:, :n_keep], mask_idx=order[:, n_keep:], restore_idx=torch.argsort(order, dim=1))

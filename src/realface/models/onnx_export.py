@@ -73,9 +73,10 @@ def write_graph(detector: Detector, img_size: int, path: Path) -> dict[str, Any]
                 do_constant_folding=False,  # keep every weight under its own name (ONNX Runtime folds at load)
             )  # fmt: skip
     except Exception as err:  # the exporter raises many types; one line says which detector and why
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise ExportError(
             f"detector {detector.config.name!r} on {detector.config.encoder} cannot be exported to ONNX: "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            + (reason if len(reason) <= 160 else reason[:157] + "...")
         ) from None
     model = onnx.load_from_string(buffer.getvalue())
     state = set(detector.state_dict())

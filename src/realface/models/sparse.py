@@ -33,11 +33,11 @@ from torch import nn
 def visibility_at(visible: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """visible (N, 1, gh, gw) -> (N, 1, h, w): each cell repeated on a finer map; on a coarser map a position is
     visible when any cell under it is."""
-    gh, gw = visible.shape[-2:]
+    gh, gw, h, w = (int(v) for v in (*visible.shape[-2:], h, w))  # plain ints: fixed sizes in an ONNX graph
     if h >= gh:
         m = visible.repeat_interleave(h // gh, dim=2).repeat_interleave(w // gw, dim=3)
     else:
-        m = F.adaptive_max_pool2d(visible, (h, w))
+        m = F.max_pool2d(visible, (gh // h, gw // w))  # fixed windows (not adaptive): exports to ONNX
     if m.shape[-2:] != (h, w):
         raise RuntimeError(f"a {h}x{w} map does not tile the {gh}x{gw} mask grid")
     return m
