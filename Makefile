@@ -5,13 +5,23 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SHARED ?= ../shared/data
 
-.PHONY: test demo install browser bench default-model clean
+.PHONY: test demo install browser bench default-model clean light-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,train]'
 	touch $(STAMP)
+
+# The light install (`pip install realface`: ONNX Runtime, no PyTorch) in its own venv, checked on a real face.
+LIGHT := .venv-light
+LIGHT_FACE ?= $(SHARED)/dfdc/faces/aabqyygbaa.jpg
+light-check:
+	test -x $(LIGHT)/bin/python || $(PYTHON) -m venv $(LIGHT)
+	$(LIGHT)/bin/pip install -q --upgrade pip
+	$(LIGHT)/bin/pip install -q -c constraints.txt .
+	$(LIGHT)/bin/python -c "import importlib.util as u, sys; sys.exit('torch is installed in the light venv' if u.find_spec('torch') else 0)"
+	cd /tmp && $(CURDIR)/$(LIGHT)/bin/realface detect $(abspath $(LIGHT_FACE)) --no-progress
 
 install: $(STAMP)
 
@@ -38,4 +48,4 @@ default-model: $(STAMP)
 	$(BIN)/realface recipe cpu --shared $(SHARED)
 
 clean:
-	rm -rf runs build dist src/*.egg-info
+	rm -rf runs build dist src/*.egg-info $(LIGHT)

@@ -89,8 +89,11 @@ def plot_reliability_diagram(
         color="tab:red", alpha=0.3, label="gap to confidence",
     )
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set_xlim(0, 1)
-    top.set_ylim(0, 1)
+    used = np.flatnonzero(d.counts)  # zoom to the bins that hold predictions
+    lo = float(d.bin_centers[used[0]] - width / 2) if used.size else 0.0
+    hi = float(d.bin_centers[used[-1]] + width / 2) if used.size else 1.0
+    top.set_xlim(lo, hi)
+    top.set_ylim(min(lo, float(d.accuracy[used].min())) if used.size else 0.0, 1)
     top.set_ylabel("accuracy")
     top.set_title(f"{title + ': ' if title else ''}ECE = {ece:.3f} ({n_bins} bins)")
     top.legend(loc="upper left", fontsize=8)

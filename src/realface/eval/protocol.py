@@ -147,8 +147,9 @@ class Protocol:
         raise RealfaceError(f"no dataset {name!r} in protocol {self.name!r}")
 
     @classmethod
-    def from_manifests(cls, paths: Sequence[str | Path], name: str = "manifests") -> Protocol:
-        """One dataset per manifest (`--data MANIFEST...`), named after the manifest's folder.
+    def from_manifests(cls, paths: Sequence[str | Path], name: str | None = None) -> Protocol:
+        """One dataset per manifest (`--data MANIFEST...`), named after the manifest's folder; the protocol is
+        named after its datasets unless `name` is given.
 
         A path may be a folder holding `manifest.csv`. A repeated folder name gets a suffix (`_2`, ...).
         A `group` column, when present, is used for bootstrap clusters.
@@ -169,7 +170,7 @@ class Protocol:
             )  # fmt: skip
             check_columns(spec, header)
             datasets.append(spec)
-        return cls(name=name, datasets=tuple(datasets))
+        return cls(name=name or ", ".join(d.name for d in datasets), datasets=tuple(datasets))
 
 
 @dataclass(frozen=True)

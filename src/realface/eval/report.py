@@ -563,11 +563,51 @@ GROUPS_INTRO = (
 )
 
 
+MODEL_KEYS = ("source", "backend", "detector", "encoder", "img_size", "crop_size", "crop_margin", "crop", "decision", "card")
+
+
+def model_fields(info: Mapping[str, Any]) -> list[list[str]]:
+    """The model as a short table of named fields for a reader (`Model.info()`'s record; other plain facts are
+    shown as given, numbers rounded; the whole record is in metrics.json)."""
+    card = info.get("card") or {}
+    decision = info.get("decision") or {}
+    threshold = decision.get("threshold") or {}
+    crop = info.get("crop") or {}
+    val = decision.get("val") or {}
+    rows = []
+    if card.get("name") or info.get("source"):
+        rows.append(["model", str(card.get("name") or Path(str(info["source"])).name)])
+    if info.get("source"):
+        rows.append(["source", str(info["source"])])
+    if info.get("backend"):
+        rows.append(["runs on", {"onnx": "ONNX Runtime", "torch": "PyTorch"}.get(info["backend"], str(info["backend"]))])
+    if info.get("detector"):
+        rows.append(["detector", f"{info['detector']} on {info.get('encoder', '?')}, {info.get('img_size', '?')} px input"])
+    if crop:
+        rows.append(["face crops", f"{crop.get('size')} px, margin {crop.get('margin')}, found by {crop.get('detector')}, "
+                                   f"aligned to {crop.get('template')}"])  # fmt: skip
+    if isinstance(threshold, Mapping) and "value" in threshold:
+        rows.append(["stored threshold", f"{fmt(threshold['value'])} ({threshold.get('policy', '?')})"])
+    if "band" in decision:
+        rows.append(["uncertain below confidence", f"{fmt(decision['band'])} ({decision.get('confidence', 'distance')})"])
+    if decision.get("temperature", 1.0) != 1.0:
+        rows.append(["temperature", f"{float(decision['temperature']):.2f}"])
+    if "auc" in val:
+        rows.append(["its validation", f"AUC {fmt(val['auc'])}, EER {fmt(val.get('eer'))} on {val.get('n', '?')} faces"])
+    if card.get("date"):
+        rows.append(["made", str(card["date"])])
+    for key, value in info.items():
+        if key not in MODEL_KEYS and isinstance(value, (str, int, float)):
+            rows.append([str(key), value if isinstance(value, str) else fmt(value)])
+    return rows
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """report.md: threshold, summary table, then a table and notes per dataset."""
+    """report.md: the model, threshold, summary table, then a table and notes per dataset."""
     t = report["threshold"]
     lines = [
         f"# Evaluation report: {report['name']}", "",
+        "## Model", "", markdown_grid(["field", "value"], model_fields(report["model"])), "",
         f"Threshold {fmt(t['value'])} (policy {t['policy']}, {t['source']}); confidence band {fmt(report['band'])}; "
         f"intervals: {report['bootstrap']['n']} bootstrap resamples, 95%. Fractions, not percent.", "",
         "## Summary", "", markdown_grid(*summary_table(report["datasets"])), "",
@@ -623,19 +663,29 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
     return _save(fig, path)
 
 
+def zoom(values: np.ndarray, *marks: float, pad: float = 0.05) -> tuple[float, float]:
+    """An axis range within [0, 1] around `values` and `marks` (e.g. the threshold), padded by `pad` of its width:
+    scores that all lie in 0.4-0.6 fill the plot instead of a fifth of it."""
+    points = np.concatenate([np.asarray(values, np.float64).ravel(), np.asarray(marks, np.float64)])
+    lo, hi = float(points.min()), float(points.max())
+    margin = max(hi - lo, 0.02) * pad
+    return max(0.0, lo - margin), min(1.0, hi + margin)
+
+
 def plot_histograms(
     panels: Mapping[str, tuple[np.ndarray, np.ndarray]], threshold: float, path: Path, title: str
 ) -> Path:
     """Score histograms per class, one panel per {title: (labels, scores)}, with the threshold line."""
     fig = _figure(4.5 * len(panels), 3.5)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    bins = np.linspace(0.0, 1.0, 41)
     for ax, (name, (y, s)) in zip(axes, panels.items()):
+        lo, hi = zoom(s, threshold)
+        bins = np.linspace(lo, hi, 41)
         for label, cls, color in ((0, "real", "tab:blue"), (1, "fake", "tab:red")):
             if (y == label).any():
                 ax.hist(s[y == label], bins=bins, alpha=0.55, color=color, label=f"{cls} ({int((y == label).sum())})")
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
-        ax.set_xlim(0, 1)
+        ax.set_xlim(lo, hi)
         ax.set_xlabel("score p(fake)")
         ax.set_ylabel("count")
         ax.set_title(f"{title}: {name}", fontsize=10)
@@ -723,11 +773,12 @@ def _src(rel: str) -> str:
     return _h(quote(rel))
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An HTML table, every cell escaped."""
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str = "") -> str:
+    """An HTML table, every cell escaped; css_class "text" aligns every column left (numbers go right)."""
     head = "".join(f"<th>{_h(c)}</th>" for c in header)
     body = "".join("<tr>" + "".join(f"<td>{_h(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attr = f' class="{css_class}"' if css_class else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _html_errors(errors: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
@@ -751,7 +802,7 @@ def _html_errors(errors: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}
 th,td{border:1px solid #bbb;padding:3px 7px;font-size:13px;text-align:right}th{background:#eee}
-td:first-child{text-align:left}img.plot{margin:4px;border:1px solid #ddd;max-width:100%}
+td:first-child,table.text td,table.text th{text-align:left}img.plot{margin:4px;border:1px solid #ddd;max-width:100%}
 .errors{display:flex;flex-wrap:wrap}figure{margin:4px;width:140px;font-size:11px}
 figure img{width:128px;height:128px;object-fit:contain;background:#eee}.noimg{width:128px;height:128px;
 background:#eee;display:flex;align-items:center;justify-content:center}.path{word-break:break-all;color:#555}"""
@@ -761,8 +812,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     """index.html: one self-contained page (images referenced relatively) showing the whole report."""
     t = report["threshold"]
     files = report["files"]
-    model = html_table(["key", "value"], [[str(k), json.dumps(v, default=str) if not isinstance(v, str) else v]
-                                          for k, v in report["model"].items()])
+    model = html_table(["field", "value"], model_fields(report["model"]), css_class="text")
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_h(report['name'])}</title>"
         f"<style>{_CSS}</style></head><body>",
