@@ -177,3 +177,22 @@ def test_shipped_frontal_detector_file_is_dlibs_detector(shared_data: Path) -> N
         a, b = shipped.run(image, 1, -0.5), builtin.run(image, 1, -0.5)
         assert [str(r) for r in a[0]] == [str(r) for r in b[0]] and a[1] == b[1] and a[2] == b[2]
     assert sum(len(shipped.run(image, 1, 0.0)[0]) for image in images) >= len(images)  # it does find faces
+
+
+def test_video_frames_searched_in_threads_give_the_one_thread_crops(shared_data: Path, monkeypatch) -> None:
+    """Frames are searched in several threads, each with its own detector (dlib's keeps its image pyramid
+    inside it): the same faces and crops as one thread, run after run."""
+    import realface.faces.pipeline as pipeline_module
+
+    video = shared_data / "ffpp-videos" / VIDEOS[0]
+    config = PipelineConfig(crop_size=112, frames=12)
+    runs = []
+    for workers in (1, 4, 4):
+        monkeypatch.setattr(pipeline_module, "VIDEO_WORKERS", workers)
+        runs.append(FacePipeline(config).faces_in_video(video))
+    for run in runs[1:]:
+        assert [r.frame for r in run] == [r.frame for r in runs[0]]
+        for a, b in zip(runs[0], run):
+            assert (a.face is None) == (b.face is None)
+            assert a.face is None or (np.array_equal(a.face.crop, b.face.crop) and a.face.bbox == b.face.bbox)
+    assert sum(r.face is not None for r in runs[0]) >= 10

@@ -17,8 +17,14 @@ ones before found nothing (the `found_by` of each face names the step):
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -38,6 +44,26 @@ PAD_FRACTION = 0.3  # padding on each side, as a fraction of the image's longest
 PAD_BORDERS = (cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE)  # tried in this order
 CNN_MIN_SIDE = 160  # the CNN fallback enlarges smaller images to this (its window is about 80 pixels)
 VIDEO_PROBE_FRAMES = 4  # a video without any face: fallbacks first on this many frames, all only if they find one
+VIDEO_WORKERS = min(4, os.cpu_count() or 1)  # threads finding faces in a video's frames (dlib releases the GIL)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """fn over items in `workers` threads, results in order, at most 2 x workers items in flight (memory stays
+    bounded for long inputs); one worker runs in the calling thread."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="realface-faces") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 # The whole-image fit (see WholeImageFit for the measured numbers behind these).
 DRIFT_SHIFT = 0.1  # box shift for the drift measure, as a fraction of the image's longest side
 WHOLE_IMAGE_DRIFT_WEIGHT = 2.0  # weight of drift against hog_score in the fit's score
@@ -356,14 +382,22 @@ class FacePipeline:
         Raises InputError when the file is not a readable video or no frame decodes, LimitError for frames
         over `limits` (frame size, memory, deadline).
 
+        Frames are searched in `VIDEO_WORKERS` threads at once (dlib releases the GIL while it detects).
         Fallbacks stay bounded: only when the detector finds no face in any sampled frame, the fallback
         steps run on `VIDEO_PROBE_FRAMES` frames spread over the video, and on all frames only if they find
         a face there.
         """
         indices, frames = sample_frames(Path(path), self.config.frames, limits)
-        faces: dict[int, list[Face]] = {}
-        for index, rgb in frames:
-            faces[index] = [self.face_from_box(rgb, d) for d in self.detect(rgb)]
+        own = threading.local()  # a detector keeps its image pyramid inside it: one per thread
+        c = self.config
+
+        def frame_faces(frame: tuple[int, np.ndarray]) -> tuple[int, list[Face]]:
+            if not hasattr(own, "detector"):
+                own.detector = make_detector(c.detector, max_side=c.detect_max_side, min_side=c.detect_min_side)
+            index, rgb = frame
+            return index, [self.face_from_box(rgb, d) for d in own.detector.detect(rgb)]
+
+        faces: dict[int, list[Face]] = dict(map_threads(frame_faces, frames, VIDEO_WORKERS))
         if not faces:
             raise InputError(f"no frame could be decoded (of {len(indices)} sampled)")
         if self.config.fallbacks and not any(faces.values()):
