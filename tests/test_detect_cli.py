@@ -70,7 +70,18 @@ def test_csv_and_table_outputs(tiny_model, astronaut, capsys):
     assert rows and rows[0]["path"] == str(astronaut) and rows[0]["verdict"] in VERDICTS
     assert main(["detect", str(astronaut), "--model", str(tiny_model), "--no-progress"]) == 0
     table = capsys.readouterr().out
-    assert "astronaut.jpg" in table and any(v.upper() in table for v in VERDICTS)
+    assert "astronaut.jpg" in table and any(v.upper() in table for v in VERDICTS) and "heatmap" not in table
+
+
+def test_heatmap_files_are_listed_in_csv_and_table(tiny_model, astronaut, tmp_path, capsys):
+    heat = tmp_path / "heat"
+    args = [str(astronaut), "--model", str(tiny_model), "--heatmap", str(heat), "--no-progress"]
+    assert main(["detect", *args, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows and all(r["heatmap"].endswith(".png") and Path(r["heatmap"]).is_file() for r in rows)
+    assert main(["detect", *args]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[-1] == "heatmap" and all(r["heatmap"] in table for r in rows)
 
 
 def test_folder_no_face_and_bad_files(tiny_model, astronaut, tmp_path, capsys):

@@ -310,30 +310,35 @@ def detect_paths(scanner: Scanner, items: list[Path | FileResult], progress: boo
 
 
 def format_table(results: list[FileResult]) -> str:
-    """A readable table: one line per file, then one indented line per face."""
-    rows = [("file", "kind", "faces", "found by", "p(fake)", "confidence", "verdict")]
+    """A readable table: one line per file, then one indented line per face; a heatmap column when any was
+    written (an image's heatmap on its line when it has one face, a video's contact sheet on its line)."""
+    heat = any(r.contact_sheet or any(f.heatmap for f in r.faces) for r in results)
+    rows = [("file", "kind", "faces", "found by", "p(fake)", "confidence", "verdict") + (("heatmap",) if heat else ())]
+
+    def add(*cells: str, heatmap: str | None = None) -> None:
+        rows.append(cells + ((heatmap or "",) if heat else ()))
+
     for r in results:
         if r.status != "ok":
-            rows.append((r.path, r.kind, "0", "-", "-", "-", "error: " + r.message if r.status == "error" else r.message))
+            add(r.path, r.kind, "0", "-", "-", "-", "error: " + r.message if r.status == "error" else r.message)
             continue
         found_by = ",".join(dict.fromkeys(f.found_by for f in r.faces))  # each path once, in order
-        rows.append(
-            (r.path, r.kind, str(len(r.faces)), found_by, f"{r.p_fake:.3f}", f"{r.confidence:.2f}", r.verdict.upper())
-        )
+        one_face = r.kind == "image" and len(r.faces) == 1
+        add(r.path, r.kind, str(len(r.faces)), found_by, f"{r.p_fake:.3f}", f"{r.confidence:.2f}", r.verdict.upper(),
+            heatmap=r.faces[0].heatmap if one_face else r.contact_sheet)  # fmt: skip
         if r.kind == "image" and len(r.faces) > 1:
             for f in r.faces:
                 at = f"  face {f.face} at {[int(v) for v in f.bbox]}"
-                rows.append((at, "", "", f.found_by, f"{f.p_fake:.3f}", f"{f.confidence:.2f}", f.verdict))
+                add(at, "", "", f.found_by, f"{f.p_fake:.3f}", f"{f.confidence:.2f}", f.verdict, heatmap=f.heatmap)
         if r.kind == "video":
-            extra = f"  {len(r.faces)}/{r.frames_sampled} frames with a face; driven by frames {r.top_frames}"
-            rows.append((extra, "", "", "", "", "", ""))
+            add(f"  {len(r.faces)}/{r.frames_sampled} frames with a face; driven by frames {r.top_frames}", *[""] * 6)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 CSV_COLUMNS = (
     "path", "kind", "status", "frame", "face", "x0", "y0", "x1", "y1", "p_fake", "confidence", "verdict", "found_by",
-    "message",
+    "heatmap", "message",
 )  # fmt: skip
 
 
@@ -349,6 +354,6 @@ def csv_rows(results: list[FileResult]) -> list[dict[str, Any]]:
                 "path": r.path, "kind": r.kind, "status": r.status, "frame": f.frame, "face": f.face,
                 "x0": x0, "y0": y0, "x1": x1, "y1": y1, "p_fake": round(f.p_fake, 6),
                 "confidence": round(f.confidence, 6), "verdict": f.verdict, "found_by": f.found_by,
-                "message": r.message,
+                "heatmap": f.heatmap or "", "message": r.message,
             })  # fmt: skip
     return rows
