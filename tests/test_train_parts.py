@@ -73,3 +73,28 @@ def test_random_resized_box_inside_image():
     for _ in range(100):
         x0, y0, w, h = random_resized_box(rng, 50, 80, (0.2, 1.0))
         assert 0 <= x0 and 0 <= y0 and x0 + w <= 80 and y0 + h <= 50 and w > 0 and h > 0
+
+
+def test_crop_cache_gives_the_decoded_crops_across_worker_processes(utk_crops, tmp_path) -> None:
+    """Samples read through the cache equal those decoded from the files, in worker processes and the epoch
+    after (served from the memory map then), and closing the cache removes its file."""
+    from torch.utils.data import DataLoader
+
+    from realface.data.faceset import CropCache, Preprocessing
+    from realface.faces.align import CropSettings
+    from realface.data.labelled import DetectionFaces, build_items
+    from realface.faces.manifest import read_face_manifest
+
+    records = read_face_manifest(utk_crops / "manifest.csv")[:12]  # 112 px crops of real faces
+    pre = Preprocessing(img_size=64, crop=CropSettings(size=112))
+    cache = CropCache(tmp_path / "crops.u8", records, pre.crop.size)
+    plain = DetectionFaces(build_items(records, sbi_ratio=1.0), pre, seed=3)
+    cached = DetectionFaces(build_items(records, sbi_ratio=1.0), pre, seed=3, cache=cache)
+    expected = torch.stack([plain[i]["image"] for i in range(len(plain))])
+    for epoch in range(2):  # the first fills the map in the workers, the second reads it
+        loader = DataLoader(cached, batch_size=len(cached), num_workers=2)
+        assert torch.equal(next(iter(loader))["image"], expected)
+    assert cache._written is None  # (the parent process never opened the map: the workers filled it)
+    assert np.memmap(cache.path, np.uint8, "r")[-len(records):].all()
+    cache.close()
+    assert not cache.path.exists()

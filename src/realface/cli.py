@@ -320,6 +320,8 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, epochs: int, batch: int,
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=2, help="data loader processes")
+    g.add_argument("--no-crop-cache", action="store_true",
+                   help="decode every crop every epoch (default: once per run, into a file in --out removed at the end)")
     g.add_argument("--device", default="auto", help="cpu, cuda or auto")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     g.add_argument("--limit", type=int, default=None, help="use at most this many faces")
@@ -404,6 +406,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         model_cfg=model_cfg,
         train_cfg=_train_config(args),
         init=args.init,
+        cache_crops=not args.no_crop_cache,
         resume=args.resume,
         device=args.device,
         progress=not args.no_progress,
@@ -503,6 +506,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         threshold_params={"fpr": args.target_fpr} if args.target_fpr is not None else None,
         crop_size=args.crop_size,
         keep_img_size=args.img_size is not None,
+        cache_crops=not args.no_crop_cache,
         resume=args.resume,
         device=args.device,
         progress=not args.no_progress,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -93,6 +94,53 @@ def geometric_view(
 MaskFn = Callable[[np.ndarray | None, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
+class CropCache:
+    """Decoded face crops of one side, shared by the DataLoader's worker processes: a uint8 memory-mapped file of
+    N crops and a written-flag per crop, filled on first read. A crop's JPEG is then decoded once per run instead
+    of once per epoch (or twice, for a labelled fake read again as its real's partner). A crop of another side,
+    or a record it was not built for, is read as usual. The file is sparse until filled; `close` removes it.
+
+    Workers open the map on first use (it is not pickled with the dataset). Two workers that fill the same crop
+    write the same bytes, and a crop's flag is set only after its pixels.
+    """
+
+    def __init__(self, path: Path, records: list, side: int) -> None:
+        self.path = Path(path)
+        self.side = side
+        self.slots: dict[tuple[str, int], int] = {}
+        for record in records:
+            self.slots.setdefault((str(record.path), record.offset), len(self.slots))
+        self._pixels = len(self.slots) * side * side * 3
+        with self.path.open("wb") as f:
+            f.truncate(self._pixels + len(self.slots))
+        self._crops: np.ndarray | None = None
+        self._written: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_crops": None, "_written": None}
+
+    def read(self, record) -> np.ndarray:
+        """`read_face(record)`, from the cache when it holds it."""
+        slot = self.slots.get((str(record.path), record.offset))
+        if slot is None:
+            return read_face(record)
+        if self._crops is None:
+            mapped = np.memmap(self.path, np.uint8, "r+")
+            self._crops = mapped[: self._pixels].reshape(-1, self.side, self.side, 3)
+            self._written = mapped[self._pixels :]
+        if self._written[slot]:
+            return np.array(self._crops[slot])
+        rgb = read_face(record)
+        if rgb.shape == (self.side, self.side, 3):
+            self._crops[slot] = rgb
+            self._written[slot] = 1
+        return rgb
+
+    def close(self) -> None:
+        self._crops = self._written = None
+        self.path.unlink(missing_ok=True)
+
+
 class PretrainFaces(Dataset):
     """Real face crops for masked image modeling.
 
@@ -108,8 +156,10 @@ class PretrainFaces(Dataset):
         seed: int = 0,
         augment: bool = True,
         scale: tuple[float, float] = (0.2, 1.0),
+        cache: CropCache | None = None,
     ) -> None:
         self.records = records
+        self.read = cache.read if cache is not None else read_face
         self.pre = pre
         self.mask_fn = mask_fn
         self.seed = seed
@@ -126,7 +176,7 @@ class PretrainFaces(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rec = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        rgb = read_face(rec)
+        rgb = self.read(rec)
         labels = None
         if rec.landmarks is not None:
             labels = region_label_map(rec.landmarks, rgb.shape[0], rgb.shape[1])

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from realface.data.augment import WildAugment, WildAugmentConfig
-from realface.data.faceset import Preprocessing, read_face, to_tensor
+from realface.data.faceset import CropCache, Preprocessing, read_face, to_tensor
 from realface.data.forgery_mask import pair_difference_map, patch_targets
 from realface.data.sbi import SBIConfig, self_blend
 from realface.errors import RealfaceError
@@ -129,10 +129,12 @@ class DetectionFaces(Dataset):
         sbi: SBIConfig | None = None,
         mask_grid: tuple[int, int] | None = None,
         degrade: Callable[[np.ndarray], np.ndarray] | None = None,
+        cache: CropCache | None = None,
     ) -> None:
         if not items:
             raise RealfaceError("no faces to train or validate on")
         self.items = items
+        self.read = cache.read if cache is not None else read_face  # decoded crops, once per run with a cache
         self.pre = pre
         self.seed = seed
         self.augment = WildAugment(augment) if augment is not None else None
@@ -160,7 +162,7 @@ class DetectionFaces(Dataset):
         a map (it comes with the blend); a labelled fake's costs a second crop read and a warp."""
         item = self.items[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        rgb = read_face(item.record)
+        rgb = self.read(item.record)
         forged = None
         if item.kind == "sbi":
             result = self_blend(rgb, item.record.landmarks, rng, self.sbi)
@@ -170,7 +172,7 @@ class DetectionFaces(Dataset):
         elif item.label == 0:
             forged = np.zeros(rgb.shape[:2], np.float32)
         elif item.partner is not None:
-            forged = pair_difference_map(rgb, item.record.landmarks, read_face(item.partner), item.partner.landmarks)
+            forged = pair_difference_map(rgb, item.record.landmarks, self.read(item.partner), item.partner.landmarks)
         if self.augment is not None:
             if forged is None:
                 rgb, _ = self.augment(rgb, rng, None)

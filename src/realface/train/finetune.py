@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from realface.data.augment import WildAugmentConfig
-from realface.data.faceset import Preprocessing
+from realface.data.faceset import CropCache, Preprocessing
 from realface.data.labelled import DetectionFaces, PairedSampler, build_items
 from realface.errors import RealfaceError
 from realface.faces.align import CropSettings
@@ -187,6 +187,7 @@ def finetune(
     threshold_params: dict[str, float] | None = None,
     crop_size: int | None = None,
     keep_img_size: bool = False,
+    cache_crops: bool = True,
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -201,7 +202,8 @@ def finetune(
     those of `detector_cfg`; with keep_img_size a CNN keeps `detector_cfg.img_size` instead of the pretraining
     side). The crop settings come from the preprocess.json of the data (one setting for all of it, or an error)
     and are recorded so detection crops faces the same way; crop_size is the side of crops that have none
-    (plain folders), and must agree with the data's where it has one.
+    (plain folders), and must agree with the data's where it has one. cache_crops: decode each crop once per
+    run into a memory-mapped file in `out` (`CropCache`, removed at the end) instead of once per epoch.
     """
     from realface.models.pretrained import load_pretrainer
 
@@ -215,6 +217,7 @@ def finetune(
 
     torch.manual_seed(train_cfg.seed)
     dist_info = init_distributed(device)
+    cache = None
     try:
         records = load_face_records(data)
         train_records, val_records = split_records(records)
@@ -237,13 +240,16 @@ def finetune(
         items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio)
         if len({it.label for it in items}) < 2:
             raise RealfaceError("training needs both classes: add labelled fakes or --pseudo-fakes sbi")
+        if cache_crops:
+            out.mkdir(parents=True, exist_ok=True)
+            cache = CropCache(out / f".crops-{dist_info.rank}.u8", train_records + val_records, pre.crop.size)
         train_set = DetectionFaces(
             items, pre, seed=train_cfg.seed, augment=WildAugmentConfig() if augment else None,
-            mask_grid=detector_cfg.grid if detector_cfg.options.cell_targets else None,
+            mask_grid=detector_cfg.grid if detector_cfg.options.cell_targets else None, cache=cache,
         )  # fmt: skip
         val_set = None
         if val_records:
-            val_set = DetectionFaces(build_items(val_records), pre, seed=train_cfg.seed)
+            val_set = DetectionFaces(build_items(val_records), pre, seed=train_cfg.seed, cache=cache)
         micro = train_cfg.micro_batch(dist_info.world_size)
         task = FinetuneTask(val_set, micro, train_cfg.workers)
         run_config = {
@@ -294,4 +300,6 @@ def finetune(
             write_scores_csv(val_face_scores(val_set, probs, unc), out / VAL_SCORES)
         return history
     finally:
+        if cache is not None:
+            cache.close()
         shutdown_distributed()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from realface.data.faceset import Preprocessing, PretrainFaces
+from realface.data.faceset import CropCache, Preprocessing, PretrainFaces
 from realface.errors import RealfaceError
 from realface.faces.align import CropSettings
 from realface.faces.manifest import crop_settings_of
@@ -120,6 +120,7 @@ def pretrain(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     init: Path | None = None,
+    cache_crops: bool = True,
     resume: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -130,7 +131,8 @@ def pretrain(
 
     data: manifests or folders written by `realface preprocess` (crops + landmarks), or plain folders of
     face crops (then region masking falls back to random). The run's `config.json` records the model, the
-    training settings and the preprocessing the weights expect.
+    training settings and the preprocessing the weights expect. cache_crops: decode each crop once per run
+    (`CropCache`, a file in `out` removed at the end) instead of once per epoch.
     """
     out = Path(out)
     saved, train_cfg = open_run(out, resume, train_cfg)
@@ -139,6 +141,7 @@ def pretrain(
 
     torch.manual_seed(train_cfg.seed)
     dist_info = init_distributed(device)
+    cache = None
     try:
         records = load_face_records(data, limit)
         if saved is not None:
@@ -153,7 +156,10 @@ def pretrain(
             if dist_info.is_main:
                 print(report)
         masker = FaceMasker(model_cfg.mask, model_cfg.mask_ratio, model.mae.cell, model.grid)
-        train_set = PretrainFaces(records, pre, masker, seed=train_cfg.seed, augment=True)
+        if cache_crops:
+            out.mkdir(parents=True, exist_ok=True)
+            cache = CropCache(out / f".crops-{dist_info.rank}.u8", records, pre.crop.size)
+        train_set = PretrainFaces(records, pre, masker, seed=train_cfg.seed, augment=True, cache=cache)
         grid_set = PretrainFaces(records[:GRID_FACES], pre, masker, seed=train_cfg.seed + 1, augment=False)
         run_config = {
             "kind": "pretrain",
@@ -179,4 +185,6 @@ def pretrain(
             max_steps_per_epoch=max_steps_per_epoch,
         )
     finally:
+        if cache is not None:
+            cache.close()
         shutdown_distributed()
