@@ -44,20 +44,6 @@ class Bundle:
     card: dict[str, Any]  # model card: data, recipe, numbers
     source: Path  # where it was loaded from
 
-    def info(self) -> dict[str, Any]:
-        """What `GET /v1/model` and `detect --json` report about the model."""
-        return {
-            "source": str(self.source),
-            "detector": self.config.name,
-            "encoder": self.config.encoder,
-            "img_size": self.pre.img_size,
-            "crop_size": self.pre.crop_size,
-            "crop_margin": self.pre.crop_margin,
-            "crop": self.pre.crop.to_dict(),
-            "decision": self.decision.to_json(),
-            "card": self.card,
-        }
-
 
 def _build(config: DetectorConfig, weights: Path, device: torch.device) -> Detector:
     with weights_to_be_loaded():  # every weight is overwritten below: skip the random init
