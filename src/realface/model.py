@@ -11,7 +11,6 @@ weights ship once.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
