@@ -1,5 +1,5 @@
 """A detector ready to use, whatever runs it: its decision rule, preprocessing and model card, and an engine
-that scores faces: ONNX Runtime (the default on a CPU: no torch import, 2-3x faster for small CNNs) or PyTorch
+that scores faces: ONNX Runtime (the default on a CPU: no torch import, and faster than PyTorch here) or PyTorch
 (`--backend torch`, a GPU, a finetune run folder, or a detector whose heatmap needs gradients).
 
 Torch-free: `load_model(backend="onnx")` imports neither torch nor timm. An exported model folder holds
@@ -306,7 +306,8 @@ class OnnxEngine:
 
 
 class TorchEngine:
-    """A PyTorch detector (`realface.bundle.Bundle.detector`) on its device."""
+    """A PyTorch detector (`realface.bundle.Bundle.detector`) on its device; a CNN detector is put in the
+    channels-last layout in place."""
 
     name = "torch"
 

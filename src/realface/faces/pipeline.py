@@ -52,7 +52,7 @@ R = TypeVar("R")
 
 def map_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """fn over items in `workers` threads, results in order, at most 2 x workers items in flight (memory stays
-    bounded for long inputs); one worker runs in the calling thread."""
+    bounded for long inputs); with one worker, in the calling thread."""
     if workers <= 1:
         yield from map(fn, items)
         return
@@ -302,9 +302,13 @@ class FacePipeline:
     @property
     def detector(self):  # -> FaceDetector
         if self._detector is None:
-            c = self.config
-            self._detector = make_detector(c.detector, max_side=c.detect_max_side, min_side=c.detect_min_side)
+            self._detector = self.new_detector()
         return self._detector
+
+    def new_detector(self):  # -> FaceDetector
+        """A detector as the config says (one per thread: dlib's keeps its image pyramid inside it)."""
+        c = self.config
+        return make_detector(c.detector, max_side=c.detect_max_side, min_side=c.detect_min_side)
 
     @property
     def cnn(self) -> DlibCnnDetector:
@@ -389,11 +393,10 @@ class FacePipeline:
         """
         indices, frames = sample_frames(Path(path), self.config.frames, limits)
         own = threading.local()  # a detector keeps its image pyramid inside it: one per thread
-        c = self.config
 
         def frame_faces(frame: tuple[int, np.ndarray]) -> tuple[int, list[Face]]:
             if not hasattr(own, "detector"):
-                own.detector = make_detector(c.detector, max_side=c.detect_max_side, min_side=c.detect_min_side)
+                own.detector = self.new_detector()
             index, rgb = frame
             return index, [self.face_from_box(rgb, d) for d in own.detector.detect(rgb)]
 
