@@ -149,3 +149,21 @@ def test_shipped_weights_score_a_real_face_crop_deterministically(shared_data):
     first, second = scanner.scan(crop), scanner.scan(crop)
     assert first.status == "ok" and first.p_fake is not None and 0.0 <= first.p_fake <= 1.0
     assert np.isclose(first.p_fake, second.p_fake, atol=1e-6)
+
+
+def test_video_faces_scored_while_decoding_equal_scoring_them_afterwards(tiny_model, shared_data):
+    """A video's faces are scored in small batches as frames come in; the result is the same as finding all
+    faces first and scoring the main ones in one batch, heatmaps included."""
+    from realface.detect import Scanner, overlay
+    from realface.model import load_model
+
+    video = shared_data / "ffpp-videos" / "FaceSwap" / "634_660.mp4"
+    scanner = Scanner(load_model(tiny_model), frames=12, heatmaps=True)
+    result = scanner.scan(video)
+    faces = [f.face for f in scanner.pipeline.faces_in_video(video) if f.face is not None]
+    probs, conf, heats = scanner.score([f.crop for f in faces])
+    assert result.status == "ok" and len(result.faces) == len(faces) == 12
+    assert np.allclose([r.p_fake for r in result.faces], probs, atol=1e-6)
+    assert np.allclose([r.confidence for r in result.faces], conf, atol=1e-6)
+    assert all(np.abs(r.overlay.astype(int) - overlay(f.crop, h)).max() <= 1 for r, f, h in zip(result.faces, faces, heats))
+    assert [r.bbox for r in result.faces] == [[round(float(v), 1) for v in f.bbox] for f in faces]

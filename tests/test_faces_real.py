@@ -12,7 +12,7 @@ from skimage import data
 
 from realface.errors import InputError, RealfaceError
 from realface.faces.align import five_points, template_points
-from realface.faces.detect import DETECTORS, make_detector
+from realface.faces.detect import DETECTORS, iou, make_detector
 from realface.faces.media import prefetch, probe_video, read_frames, read_image, sample_frames, sample_indices
 from realface.faces.pipeline import ASSUMED_SCORE, FacePipeline, PipelineConfig, no_face_message
 
@@ -177,6 +177,39 @@ def test_shipped_frontal_detector_file_is_dlibs_detector(shared_data: Path) -> N
         a, b = shipped.run(image, 1, -0.5), builtin.run(image, 1, -0.5)
         assert [str(r) for r in a[0]] == [str(r) for r in b[0]] and a[1] == b[1] and a[2] == b[2]
     assert sum(len(shipped.run(image, 1, 0.0)[0]) for image in images) >= len(images)  # it does find faces
+
+
+def test_detect_near_finds_the_boxes_detect_finds(shared_data: Path) -> None:
+    """Searching only around known faces, on windows aligned to the detector's grid, gives `detect`'s boxes:
+    exactly for faces on the HOG pyramid's first levels, and nothing where there is no face."""
+    detector = make_detector("dlib-hog")
+    frames = [rgb for _, rgb in read_frames(shared_data / "ffpp-videos" / VIDEOS[0], [0, 300, 600])]
+    for rgb in frames:
+        whole = detector.detect(rgb)
+        assert whole and whole[0].box[2] - whole[0].box[0] < 115  # small faces: the exact case
+        near = detector.detect_near(rgb, [d.box for d in whole])
+        assert [d.box for d in near] == [d.box for d in whole]  # scores differ a little: less context
+    assert detector.detect_near(frames[0], [(0.0, 0.0, 60.0, 60.0)]) == []  # the top-left corner: no face
+
+
+def test_tracked_video_faces_match_searching_every_frame(shared_data: Path, monkeypatch) -> None:
+    """Frames between whole searches are searched near the faces before: the same frames have a face and the
+    landmarks in the crop move by a few pixels at most. (HOG boxes themselves jump by a pyramid level, 5/6 in
+    size, from one frame to the next either way; the 68 landmarks fitted in them are what the crop follows.)"""
+    import realface.faces.pipeline as pipeline_module
+
+    config = PipelineConfig(crop_size=112, frames=12)
+    for video in ["original/634.mp4", "Deepfakes/519_515.mp4"]:  # the largest differences of the FF++ samples
+        monkeypatch.setattr(pipeline_module, "SEARCH_EVERY", 1)
+        every = FacePipeline(config).faces_in_video(shared_data / "ffpp-videos" / video)
+        monkeypatch.setattr(pipeline_module, "SEARCH_EVERY", 4)
+        tracked = FacePipeline(config).faces_in_video(shared_data / "ffpp-videos" / video)
+        assert [r.face is None for r in tracked] == [r.face is None for r in every]
+        pairs = [(a.face, b.face) for a, b in zip(every, tracked) if a.face is not None]
+        assert len(pairs) == 12
+        assert min(iou(a.bbox, b.bbox) for a, b in pairs) > 0.6  # one pyramid level apart at most
+        assert max(np.abs(a.landmarks - b.landmarks).max() for a, b in pairs) < 5.0  # of 112 pixels
+        assert sum(a.bbox == b.bbox for a, b in pairs) >= 3  # whole-searched frames at least
 
 
 def test_video_frames_searched_in_threads_give_the_one_thread_crops(shared_data: Path, monkeypatch) -> None:

@@ -158,10 +158,10 @@ def test_video_frame_size_from_the_container(big_mjpeg: Path) -> None:
     assert probe_video(big_mjpeg).width == 1600
     with pytest.raises(LimitError, match="over 1 megapixels"):
         probe_video(big_mjpeg, DecodeLimits(max_pixels=1_000_000))
-    # The memory ceiling lowers the frame size accepted: 40 MiB / 30 B per pixel = 1.4 MP < 1.6 MP.
-    with pytest.raises(LimitError, match="memory a request may use|over 1.39"):
+    # The memory ceiling lowers the frame size accepted: 40 MiB / 39 B per pixel = 1.075 MP < 1.6 MP.
+    with pytest.raises(LimitError, match="memory a request may use|over 1.07"):
         sample_frames(big_mjpeg, 2, DecodeLimits(max_bytes=40 * MIB))
-    assert DecodeLimits(max_bytes=40 * MIB).frame_pixels() == 40 * MIB // 30
+    assert DecodeLimits(max_bytes=40 * MIB).frame_pixels() == 40 * MIB // 39
 
 
 def test_each_frame_checked_before_decoding(big_mjpeg: Path) -> None:

@@ -18,13 +18,14 @@ import numpy as np
 from realface.errors import InputError, RealfaceError
 from realface.eval.thresholds import decide, distance_confidence, video_verdict
 from realface.faces.media import DEFAULT_LIMITS, read_image
-from realface.faces.pipeline import FacePipeline, PipelineConfig
+from realface.faces.pipeline import Face, FacePipeline, PipelineConfig
 from realface.faces.sniff import Content, media_kind, sniff_file, unsupported_message
 from realface.limits import DecodeLimits
 from realface.model import Model, finish_map
 from realface.preprocessing import normalize
 
 TOP_FRAMES = 3  # frames listed as "the frames that drove" a video verdict
+VIDEO_BATCH = 8  # a video's faces are scored this many at a time while its later frames decode
 ARRAYS = ("overlay", "sheet")  # in-memory images of a result, left out of its JSON
 
 
@@ -213,7 +214,8 @@ class Scanner:
 
     def scan_video(self, path: Path, name: str, limits: DecodeLimits | None = None) -> FileResult:
         limits = limits or self.limits
-        frames = self.pipeline.faces_in_video(path, limits)
+        scores = FaceScores(self, VIDEO_BATCH)  # faces are scored while later frames decode
+        frames = self.pipeline.faces_in_video(path, limits, found=scores.add)
         limits.check_time()
         with_face = [f for f in frames if f.face is not None]
         missing = [f.frame for f in frames if f.face is None]
@@ -222,8 +224,7 @@ class Scanner:
                 path=name, kind="video", status="no_face", message="no face found in any sampled frame",
                 frames_sampled=len(frames), frames_without_face=missing,
             )  # fmt: skip
-        faces = [f.face for f in with_face]
-        probs, conf, heats = self.score([f.crop for f in faces])
+        probs, conf, heats = scores.of([f.face for f in with_face])
         verdicts = self._verdicts(probs, conf)
         results = [
             FaceResult(
@@ -254,6 +255,39 @@ class Scanner:
         stem = Path(name).name.replace(".", "_") or "input"
         digest = hashlib.sha1(name.encode()).hexdigest()[:6]
         return self.heatmap_dir / f"{stem}_{digest}_{suffix}.png"
+
+
+class FaceScores:
+    """Scores faces as they come, `batch` at a time (a video's faces while its later frames are decoded), and
+    looks them up afterwards; a face asked for and not yet scored is scored then."""
+
+    def __init__(self, scanner: Scanner, batch: int) -> None:
+        self.scanner = scanner
+        self.batch = batch
+        self.pending: list[Face] = []
+        self.scored: dict[int, tuple[Face, float, float, np.ndarray | None]] = {}  # by id(face)
+
+    def add(self, faces: list[Face]) -> None:
+        self.pending.extend(faces)
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        probs, conf, heats = self.scanner.score([f.crop for f in self.pending])
+        for i, face in enumerate(self.pending):
+            self.scored[id(face)] = (face, float(probs[i]), float(conf[i]), None if heats is None else heats[i])
+        self.pending = []
+
+    def of(self, faces: list[Face]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+        """p(fake), confidence and heat maps (or None) of `faces`, as `Scanner.score` gives them."""
+        self.pending.extend(f for f in faces if id(f) not in self.scored)
+        self.flush()
+        rows = [self.scored[id(f)] for f in faces]
+        probs = np.array([r[1] for r in rows], dtype=np.float32)
+        conf = np.array([r[2] for r in rows], dtype=np.float32)
+        return probs, conf, (None if not self.scanner.heatmaps else [r[3] for r in rows])
 
 
 def check_output_folder(path: Path, option: str) -> None:

@@ -26,10 +26,10 @@ MIB = 1 << 20
 IMAGE_BYTES_PER_PIXEL = 12
 WIDE_IMAGE_BYTES_PER_PIXEL = 24
 WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-# Bytes a video costs per pixel of its frame size: frames queued as RGB (prefetch depth 4, one with the face
-# pipeline, one being converted: 6 x 3 B) and the decoder's own YUV frames (threads and reference frames,
-# about 8 x 1.5 B).
-VIDEO_BYTES_PER_PIXEL = 30
+# Bytes a video costs per pixel of its frame size: frames queued as RGB (prefetch depth 4, FRAMES_IN_FLIGHT = 4
+# with the face search, one being converted: 9 x 3 B) and the decoder's own YUV frames (threads and reference
+# frames, about 8 x 1.5 B).
+VIDEO_BYTES_PER_PIXEL = 39
 API_KEY_ENV = "REALFACE_API_KEY"  # where `realface serve` reads its API key when --api-key is not given
 
 

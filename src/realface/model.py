@@ -291,6 +291,8 @@ class OnnxEngine:
         options.log_severity_level = 3  # errors only
         if threads:
             options.intra_op_num_threads = threads
+        # Idle threads sleep instead of spinning: the face pipeline's decoder and detectors share these cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_external_initializers(list(graph["weights"]), [ort.OrtValue.ortvalue_from_numpy(a) for a in self._arrays])
         try:
             self.session = ort.InferenceSession(str(folder / GRAPH), options, providers=["CPUExecutionProvider"])

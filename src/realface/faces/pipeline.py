@@ -45,25 +45,61 @@ PAD_BORDERS = (cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE)  # tried in this or
 CNN_MIN_SIDE = 160  # the CNN fallback enlarges smaller images to this (its window is about 80 pixels)
 VIDEO_PROBE_FRAMES = 4  # a video without any face: fallbacks first on this many frames, all only if they find one
 VIDEO_WORKERS = min(4, os.cpu_count() or 1)  # threads finding faces in a video's frames (dlib releases the GIL)
+FRAMES_IN_FLIGHT = 4  # decoded frames the face search holds at once (besides the decoder's queue; see limits)
+SEARCH_EVERY = 4  # every 4th sampled frame is searched whole; those between near the faces of the frame before
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def map_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """fn over items in `workers` threads, results in order, at most 2 x workers items in flight (memory stays
-    bounded for long inputs); with one worker, in the calling thread."""
+def map_threads(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int | None = None) -> Iterator[R]:
+    """fn over items in `workers` threads, results in order, at most `in_flight` items (default 2 x workers)
+    submitted and not yet yielded (memory stays bounded for long inputs); with one worker, in the calling thread."""
     if workers <= 1:
         yield from map(fn, items)
         return
+    limit = max(1, in_flight or 2 * workers)
     with ThreadPoolExecutor(workers, thread_name_prefix="realface-faces") as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
+            if len(pending) >= limit:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+class Chain:
+    """The result of the item before, for `map_threads` items that need it (a face tracked from one frame to
+    the next): `link(items)` pairs each item with a `Chain` whose `before()` waits for the previous item's
+    result. Items are submitted in order, so the one waited for is always running or done: no deadlock."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: object = None
+        self._previous: Chain | None = None
+
+    def before(self) -> object:
+        """The previous item's result (None for the first item, or when it failed)."""
+        if self._previous is None:
+            return None
+        self._previous._done.wait()
+        return self._previous._value
+
+    def set(self, value: object) -> None:
+        self._value = value
+        self._done.set()
+
+    @staticmethod
+    def link(items: Iterable[T]) -> Iterator[tuple[T, "Chain"]]:
+        previous = None
+        for item in items:
+            chain = Chain()
+            chain._previous = previous
+            previous = chain
+            yield item, chain
+
+
 # The whole-image fit (see WholeImageFit for the measured numbers behind these).
 DRIFT_SHIFT = 0.1  # box shift for the drift measure, as a fraction of the image's longest side
 WHOLE_IMAGE_DRIFT_WEIGHT = 2.0  # weight of drift against hog_score in the fit's score
@@ -379,14 +415,23 @@ class FacePipeline:
         detections = sorted(detections, key=lambda d: -d.area)
         return [self.face_from_box(rgb, d, found_by) for d in detections]
 
-    def faces_in_video(self, path: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> list[FrameFaces]:
+    def faces_in_video(
+        self, path: Path, limits: DecodeLimits = DEFAULT_LIMITS, found: Callable[[list[Face]], None] | None = None
+    ) -> list[FrameFaces]:
         """The main face (largest face that persists) in each of `config.frames` uniformly sampled frames.
 
-        Every sampled frame is reported; frames without the main face have face None and a note.
+        Every sampled frame is reported; frames without the main face have face None and a note. `found`, when
+        given, is called with each frame's faces as soon as they are found, in frame order, while later frames
+        are still being decoded and searched (a scanner scores them meanwhile); the main faces are among them.
         Raises InputError when the file is not a readable video or no frame decodes, LimitError for frames
         over `limits` (frame size, memory, deadline).
 
-        Frames are searched in `VIDEO_WORKERS` threads at once (dlib releases the GIL while it detects).
+        Faces are tracked: every `SEARCH_EVERY`-th sampled frame is searched whole; a frame between is searched
+        only near the faces of the frame before (`detect_near`), and whole when one of them is not found again
+        there (a face that left, turned or moved far). That costs about a third of searching every frame whole,
+        and gives the same boxes and crops, or within a pixel or two (see `WorkingScaleDetector`). Frames are
+        searched in `VIDEO_WORKERS` threads at once (dlib releases the GIL while it detects), each with its own
+        detector; a tracked frame waits for the frame before it.
         Fallbacks stay bounded: only when the detector finds no face in any sampled frame, the fallback
         steps run on `VIDEO_PROBE_FRAMES` frames spread over the video, and on all frames only if they find
         a face there.
@@ -394,17 +439,36 @@ class FacePipeline:
         indices, frames = sample_frames(Path(path), self.config.frames, limits)
         own = threading.local()  # a detector keeps its image pyramid inside it: one per thread
 
-        def frame_faces(frame: tuple[int, np.ndarray]) -> tuple[int, list[Face]]:
-            if not hasattr(own, "detector"):
-                own.detector = self.new_detector()
-            index, rgb = frame
-            return index, [self.face_from_box(rgb, d) for d in own.detector.detect(rgb)]
+        def frame_faces(item: tuple[tuple[int, tuple[int, np.ndarray]], Chain]) -> tuple[int, list[Face]]:
+            (t, (index, rgb)), chain = item
+            try:
+                if not hasattr(own, "detector"):
+                    own.detector = self.new_detector()
+                before = chain.before() if t % SEARCH_EVERY else None
+                boxes = [f.bbox for f in before[1]] if before else []
+                detections = own.detector.detect_near(rgb, boxes) if boxes else []
+                if len(detections) < len(boxes) or not boxes:
+                    detections = own.detector.detect(rgb)
+                result = index, [self.face_from_box(rgb, d) for d in detections]
+            except BaseException:
+                chain.set(None)
+                raise
+            chain.set(result)
+            return result
 
-        faces: dict[int, list[Face]] = dict(map_threads(frame_faces, frames, VIDEO_WORKERS))
+        items = Chain.link(enumerate(frames))
+        faces: dict[int, list[Face]] = {}
+        for index, in_frame in map_threads(frame_faces, items, VIDEO_WORKERS, FRAMES_IN_FLIGHT):
+            faces[index] = in_frame
+            if found is not None and in_frame:
+                found(in_frame)
         if not faces:
             raise InputError(f"no frame could be decoded (of {len(indices)} sampled)")
         if self.config.fallbacks and not any(faces.values()):
             faces = self._fallback_frames(Path(path), sorted(faces), limits)
+            if found is not None:
+                for in_frame in faces.values():
+                    found(in_frame)
         decoded = [i for i in indices if i in faces]
         boxes = [[f.bbox for f in faces[i]] for i in decoded]
         main = main_track(link_tracks(boxes, self.config.track_iou), boxes)
