@@ -36,6 +36,24 @@ def _age_bins(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _add_balance(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--balance-groups", nargs="+", metavar="COLUMN", default=None,
+                   help="draw each epoch so every group of people in these manifest columns (e.g. race gender age) "
+                        "has the same share; faces without the columns keep theirs")
+    g.add_argument("--balance-age-bins", type=_age_bins, default=None, metavar="EDGES",
+                   help="age ranges for --balance-groups age, lower edges in years (default 0,13,20,40,60)")
+
+
+def _balance(args: argparse.Namespace):  # -> Grouping | None
+    from realface.eval.groups import DEFAULT_AGE_BINS, Grouping
+
+    if not args.balance_groups:
+        if args.balance_age_bins:
+            raise RealfaceError("--balance-age-bins needs --balance-groups")
+        return None
+    return Grouping(columns=tuple(args.balance_groups), age_bins=args.balance_age_bins or DEFAULT_AGE_BINS)
+
+
 def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto",
                    help="what runs the model: onnx (ONNX Runtime, CPU; the default for exported models), or torch "
@@ -374,6 +392,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--distill-weight", type=float, default=None, help="self-distillation weight, 0 = off")
     m.add_argument("--drop-path", type=float, default=0.0)
     m.add_argument("--init", type=Path, default=None, help="initialise the encoder from a local timm/MAE file")
+    _add_balance(p.add_argument_group("training data"))
     _add_train_arguments(p, epochs=10, batch=64, blr=1.5e-4, wd=0.05)
     p.set_defaults(handler=_run_pretrain)
 
@@ -406,6 +425,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         model_cfg=model_cfg,
         train_cfg=_train_config(args),
         init=args.init,
+        balance=_balance(args),
         cache_crops=not args.no_crop_cache,
         resume=args.resume,
         device=args.device,
@@ -463,6 +483,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--no-labelled-fakes", action="store_true", help="train on real faces + pseudo-fakes only")
     f.add_argument("--paired", action="store_true",
                    help="batches with every labelled fake next to its own real (same group, frame and face)")
+    _add_balance(f)
     f.add_argument("--no-augment", action="store_true", help="no in-the-wild augmentation")
     f.add_argument("--threshold-policy", default="eer",
                    help="eer, max_balanced_accuracy or target_fpr (with --target-fpr)")
@@ -501,6 +522,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         labelled_fakes=not args.no_labelled_fakes,
         sbi_ratio=args.sbi_ratio if args.pseudo_fakes == "sbi" else 0.0,
         paired=args.paired,
+        balance=_balance(args),
         augment=not args.no_augment,
         threshold_policy=args.threshold_policy,
         threshold_params={"fpr": args.target_fpr} if args.target_fpr is not None else None,

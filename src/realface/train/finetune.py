@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader
 
 from realface.data.augment import WildAugmentConfig
 from realface.data.faceset import CropCache, Preprocessing
+from realface.data.balance import GroupBalancedSampler, group_keys, shares_for_log
 from realface.data.labelled import DetectionFaces, PairedSampler, build_items
+from realface.eval.groups import Grouping
 from realface.errors import RealfaceError
 from realface.faces.align import CropSettings
 from realface.faces.manifest import crop_settings_of
@@ -182,6 +184,7 @@ def finetune(
     labelled_fakes: bool = True,
     sbi_ratio: float = 0.0,
     paired: bool = False,
+    balance: Grouping | None = None,
     augment: bool = True,
     threshold_policy: str = "eer",
     threshold_params: dict[str, float] | None = None,
@@ -204,12 +207,16 @@ def finetune(
     and are recorded so detection crops faces the same way; crop_size is the side of crops that have none
     (plain folders), and must agree with the data's where it has one. cache_crops: decode each crop once per
     run into a memory-mapped file in `out` (`CropCache`, removed at the end) instead of once per epoch.
+    balance: draw each epoch so every group of people in these manifest columns has the same share
+    (`realface.data.balance`); not with `paired`.
     """
     from realface.models.pretrained import load_pretrainer
 
     from realface.eval.thresholds import check_threshold_policy
 
     check_threshold_policy(threshold_policy, **(threshold_params or {}))  # before the first step, not after the last
+    if paired and balance is not None:
+        raise RealfaceError("--paired and --balance-groups each set the training order: choose one")
     out = Path(out)
     saved, train_cfg = open_run(out, resume, train_cfg)
     if saved is not None:
@@ -278,6 +285,11 @@ def finetune(
             sampler = PairedSampler(items, train_cfg.seed, dist_info.world_size, dist_info.rank)
             if sampler.pairs == 0:
                 raise RealfaceError("--paired: no labelled fake has its real in the data (same group, frame and face)")
+        if balance is not None:
+            keys = group_keys([it.record.extra for it in items], balance)
+            sampler = GroupBalancedSampler(keys, train_cfg.seed, dist_info.world_size, dist_info.rank)
+            run_config["balance_groups"] = {"columns": list(balance.columns), "age_bins": list(balance.age_bins),
+                                            "shares": shares_for_log(sampler)}  # fmt: skip
         history = fit(
             detector,
             train_set,

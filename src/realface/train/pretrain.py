@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from realface.data.balance import GroupBalancedSampler, group_keys, shares_for_log
 from realface.data.faceset import CropCache, Preprocessing, PretrainFaces
 from realface.errors import RealfaceError
+from realface.eval.groups import Grouping
 from realface.faces.align import CropSettings
 from realface.faces.manifest import crop_settings_of
 from realface.faces.regions import patch_region_fractions
@@ -120,6 +122,7 @@ def pretrain(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     init: Path | None = None,
+    balance: Grouping | None = None,
     cache_crops: bool = True,
     resume: bool = False,
     device: str = "auto",
@@ -132,7 +135,8 @@ def pretrain(
     data: manifests or folders written by `realface preprocess` (crops + landmarks), or plain folders of
     face crops (then region masking falls back to random). The run's `config.json` records the model, the
     training settings and the preprocessing the weights expect. cache_crops: decode each crop once per run
-    (`CropCache`, a file in `out` removed at the end) instead of once per epoch.
+    (`CropCache`, a file in `out` removed at the end) instead of once per epoch. balance: draw each epoch so
+    every group of people in these manifest columns has the same share (`realface.data.balance`).
     """
     out = Path(out)
     saved, train_cfg = open_run(out, resume, train_cfg)
@@ -170,6 +174,12 @@ def pretrain(
             "num_faces": len(records),
             "world_size": dist_info.world_size,
         }
+        sampler = None
+        if balance is not None:
+            sampler = GroupBalancedSampler(group_keys([r.extra for r in records], balance), train_cfg.seed,
+                                           dist_info.world_size, dist_info.rank)  # fmt: skip
+            run_config["balance_groups"] = {"columns": list(balance.columns), "age_bins": list(balance.age_bins),
+                                            "shares": shares_for_log(sampler)}  # fmt: skip
         optimizer = build_optimizer(param_groups(model, train_cfg.weight_decay), train_cfg)
         return fit(
             model,
@@ -180,6 +190,7 @@ def pretrain(
             dist_info,
             optimizer,
             run_config,
+            sampler=sampler,
             resume=resume,
             progress=progress,
             max_steps_per_epoch=max_steps_per_epoch,
