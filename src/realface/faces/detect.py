@@ -77,7 +77,9 @@ class WorkingScaleDetector:
     computes 8-pixel HOG cells (and the CNN its stride-8 features) on a pyramid that shrinks by 5/6 a level, so a
     window that starts on a multiple of 48 sees the same cells as the whole image on the pyramid's first two levels
     (faces up to about 115 pixels at the working scale) and nearly the same above. The boxes then match `detect`'s
-    exactly or within a pixel or two (measured on FF++ frames), and the 68 landmarks fitted in them match too.
+    (the scores differ a little: less context at the window's edge); a larger face may come out one pyramid level
+    apart (a box 5/6 or 6/5 the size, as HOG's boxes also jump from one frame to the next), and the 68 landmarks
+    fitted in either box differ by a few pixels at most (measured on the FF++ sample videos).
     """
 
     NEAR_GRID = 48

@@ -428,8 +428,9 @@ class FacePipeline:
 
         Faces are tracked: every `SEARCH_EVERY`-th sampled frame is searched whole; a frame between is searched
         only near the faces of the frame before (`detect_near`), and whole when one of them is not found again
-        there (a face that left, turned or moved far). That costs about a third of searching every frame whole,
-        and gives the same boxes and crops, or within a pixel or two (see `WorkingScaleDetector`). Frames are
+        there (a face that left, turned or moved far). That costs about a third of searching every frame whole;
+        the boxes are the same or a HOG pyramid level apart, and the landmarks the crop follows move by a few
+        pixels at most (see `WorkingScaleDetector`; tested on the FF++ samples). Frames are
         searched in `VIDEO_WORKERS` threads at once (dlib releases the GIL while it detects), each with its own
         detector; a tracked frame waits for the frame before it.
         Fallbacks stay bounded: only when the detector finds no face in any sampled frame, the fallback
