@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--venvs", type=Path, nargs="*", default=[])
+    parser.add_argument("--search-every", type=int, default=None,
+                        help="video: search every Nth sampled frame whole, track between (1 = no tracking)")
     args = parser.parse_args()
 
     from realface.detect import Scanner
@@ -84,6 +86,10 @@ def main() -> None:
     ready = [serve_ready(args.model) for _ in range(args.repeat)]
     rows.append(("`realface serve` ready: start to the first 200 of /healthz (median)", f"{np.median(ready):.2f} s", "<= 3 s"))
 
+    if args.search_every:
+        import realface.faces.pipeline as pipeline
+
+        pipeline.SEARCH_EVERY = args.search_every
     model = load_model(args.model)
     scanner = Scanner(model, frames=32)
     scanner.scan(video)  # warm-up: face models loaded

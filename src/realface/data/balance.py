@@ -90,7 +90,12 @@ class GroupBalancedSampler:
         return out
 
 
-def shares_for_log(sampler: GroupBalancedSampler) -> dict[str, float]:
-    """`shares` with readable keys ("White / female / 20-39"; "ungrouped" for the rest), rounded, for config.json."""
-    return {("ungrouped" if k is None else " / ".join(k)): round(v, 4) for k, v in sorted(
-        sampler.shares().items(), key=lambda kv: (kv[0] is None, str(kv[0])))}  # fmt: skip
+def balance_record(grouping: Grouping, sampler: GroupBalancedSampler) -> dict:
+    """What a run's config.json records of its balancing: the columns, the age bins and each group's expected
+    share with a readable key ("White / female / 20-39"; "ungrouped" for the rest), rounded."""
+    shares = sorted(sampler.shares().items(), key=lambda kv: (kv[0] is None, str(kv[0])))
+    return {
+        "columns": list(grouping.columns),
+        "age_bins": list(grouping.age_bins),
+        "shares": {("ungrouped" if k is None else " / ".join(k)): round(v, 4) for k, v in shares},
+    }

@@ -74,9 +74,9 @@ class WorkingScaleDetector:
 
     `detect_near` searches windows of the scaled image around known boxes only (about a sixth of the work of a
     640x480 frame for one face). Each window starts on a multiple of `NEAR_GRID` pixels of the scaled image: dlib
-    computes 8-pixel HOG cells (and the CNN its stride-8 features) on a pyramid that shrinks by 5/6 a level, so a
-    window that starts on a multiple of 48 sees the same cells as the whole image on the pyramid's first two levels
-    (faces up to about 115 pixels at the working scale) and nearly the same above. The boxes then match `detect`'s
+    computes 8-pixel HOG cells on a pyramid that shrinks by 5/6 a level, so a window that starts on a multiple of
+    48 sees the same cells as the whole image on the pyramid's first two levels (faces up to about 115 pixels at
+    the working scale) and nearly the same above (the CNN detector's windows are placed the same way, unmeasured). The boxes then match `detect`'s
     (the scores differ a little: less context at the window's edge); a larger face may come out one pyramid level
     apart (a box 5/6 or 6/5 the size, as HOG's boxes also jump from one frame to the next), and the 68 landmarks
     fitted in either box differ by a few pixels at most (measured on the FF++ sample videos).

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from realface.data.augment import WildAugmentConfig
 from realface.data.faceset import CropCache, Preprocessing
-from realface.data.balance import GroupBalancedSampler, group_keys, shares_for_log
+from realface.data.balance import GroupBalancedSampler, balance_record, group_keys
 from realface.data.labelled import DetectionFaces, PairedSampler, build_items
 from realface.eval.groups import Grouping
 from realface.errors import RealfaceError
@@ -288,8 +288,7 @@ def finetune(
         if balance is not None:
             keys = group_keys([it.record.extra for it in items], balance)
             sampler = GroupBalancedSampler(keys, train_cfg.seed, dist_info.world_size, dist_info.rank)
-            run_config["balance_groups"] = {"columns": list(balance.columns), "age_bins": list(balance.age_bins),
-                                            "shares": shares_for_log(sampler)}  # fmt: skip
+            run_config["balance_groups"] = balance_record(balance, sampler)
         history = fit(
             detector,
             train_set,

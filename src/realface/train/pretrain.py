@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from realface.data.balance import GroupBalancedSampler, group_keys, shares_for_log
+from realface.data.balance import GroupBalancedSampler, balance_record, group_keys
 from realface.data.faceset import CropCache, Preprocessing, PretrainFaces
 from realface.errors import RealfaceError
 from realface.eval.groups import Grouping
@@ -178,8 +178,7 @@ def pretrain(
         if balance is not None:
             sampler = GroupBalancedSampler(group_keys([r.extra for r in records], balance), train_cfg.seed,
                                            dist_info.world_size, dist_info.rank)  # fmt: skip
-            run_config["balance_groups"] = {"columns": list(balance.columns), "age_bins": list(balance.age_bins),
-                                            "shares": shares_for_log(sampler)}  # fmt: skip
+            run_config["balance_groups"] = balance_record(balance, sampler)
         optimizer = build_optimizer(param_groups(model, train_cfg.weight_decay), train_cfg)
         return fit(
             model,
