@@ -1,8 +1,8 @@
 """False alarms on ordinary photos, per race, gender and age: the table of the "Fairness" sections.
 
-The faces are real UTKFace photos that no stage of the default recipe saw: the recipe pretrains on shard 0/3
-of the UTKFace manifest (`preprocess --shard 0/3`: every third photo in sorted path order, from the first)
-and fine-tunes, selects and fits its threshold on DFDC only. This script draws COUNT photos at random (SEED)
+The faces are real UTKFace photos that no stage of the default recipe saw: the recipe reads shard 0/3 of the
+UTKFace manifest only (`preprocess --shard 0/3`: every third photo in sorted path order, from the first), and
+selects and fits its threshold on DFDC val. This script draws COUNT photos at random (SEED)
 from shard SHARD (default 1/3), crops their faces once, with the crop settings the model expects, into a
 cache under runs/, and runs `realface evaluate` on them through a protocol file that names the group columns
 (race, gender, age) and UTKFace's codes, at the model's stored threshold. It writes the evaluate report and
@@ -146,8 +146,8 @@ def main() -> None:
         f"{fmt(report['band'])}.",
         f"Faces: {groups['overall']['n']} real UTKFace photos, drawn at random (seed {args.seed}) from shard {i}/{n} "
         f"of ../shared/data/utkface/manifest.csv (the photos at positions {i}, {i + n}, {i + 2 * n}, ... of the "
-        f"manifest sorted by path, as `preprocess --shard {i}/{n}` takes them); the recipe pretrains on shard 0/3 "
-        "only and fine-tunes, selects and fits its threshold on DFDC. Intervals: "
+        f"manifest sorted by path, as `preprocess --shard {i}/{n}` takes them); no stage of the recipe reads another "
+        "UTKFace shard than 0/3, and the threshold is fitted on DFDC val. Intervals: "
         f"{args.bootstrap} bootstrap resamples of faces within each group, 95%.",
         "",
         markdown_grid(*fairness_table(groups)),

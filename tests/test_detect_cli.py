@@ -151,6 +151,16 @@ def test_shipped_weights_score_a_real_face_crop_deterministically(shared_data):
     assert np.isclose(first.p_fake, second.p_fake, atol=1e-6)
 
 
+def test_project_model_card_is_the_shipped_card_plus_its_fairness_section():
+    """MODEL_CARD.md at the top of the project describes the weights that ship: it opens with the card the recipe
+    wrote into the package (numbers included) and adds the fairness section measured on them."""
+    repo = Path(__file__).resolve().parents[1]
+    shipped = (repo / "src" / "realface" / "weights" / "default" / "MODEL_CARD.md").read_text()
+    project = (repo / "MODEL_CARD.md").read_text()
+    assert project.startswith(shipped.rstrip("\n"))
+    assert "## Fairness" in project[len(shipped.rstrip()) :]
+
+
 def test_video_faces_scored_while_decoding_equal_scoring_them_afterwards(tiny_model, shared_data):
     """A video's faces are scored in small batches as frames come in; the result is the same as finding all
     faces first and scoring the main ones in one batch, heatmaps included."""

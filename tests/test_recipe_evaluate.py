@@ -55,6 +55,30 @@ def test_recipe_refuses_to_reuse_a_stage_made_with_other_settings(tiny_recipe, s
         run_recipe(shared_data, work, PRESETS["tiny"], export_to=tiny_recipe.parent / "other", progress=False)
 
 
+def test_recipe_fine_tunes_on_utkface_reals_balanced_by_group(tiny_recipe, shared_data, tmp_path):
+    """utk_reals adds the UTKFace shard's real photos to fine-tuning; balance_groups draws its epochs balanced over
+    their race, gender and age; a finished stage made so is reused, not refused (its settings read back equal)."""
+    from dataclasses import replace
+
+    from realface.errors import RealfaceError
+    from realface.recipe import PRESETS, finetune_stage
+
+    faces = tiny_recipe.parent / "work" / "faces"
+    cfg = replace(PRESETS["tiny"], utk_reals=True, balance_groups=("race", "gender", "age"))
+    data = [faces / "dfdc" / "manifest.csv", faces / "utkface"]
+    finetune_stage(cfg, data, tmp_path / "ft", None, progress=False)
+    config = ckpt.read_json(tmp_path / "ft" / "config.json")
+    assert config["data"] == [str(d) for d in data]
+    record = config["balance_groups"]
+    assert record["columns"] == ["race", "gender", "age"]
+    assert "ungrouped" in record["shares"] and len(record["shares"]) >= 3  # DFDC keeps its share; UTKFace's groups
+    before = (tmp_path / "ft" / "last" / "meta.json").read_text()
+    finetune_stage(cfg, data, tmp_path / "ft", None, progress=False)  # done: reused as it is
+    assert (tmp_path / "ft" / "last" / "meta.json").read_text() == before
+    with pytest.raises(RealfaceError, match="needs utk_reals"):
+        replace(PRESETS["tiny"], balance_groups=("race",))
+
+
 def test_detect_uses_the_recipe_weights(tiny_recipe, shared_data, capsys):
     video = shared_data / "ffpp-videos" / "FaceSwap" / "634_660.mp4"
     assert main(["detect", str(video), "--model", str(tiny_recipe), "--frames", "2", "--json", "--no-progress"]) == 0

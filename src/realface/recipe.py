@@ -34,7 +34,7 @@ class RecipeConfig:
     crop_size: int = 224  # side of the aligned crops written by preprocess (the model resizes them to img_size)
     img_size: int = 128  # model input side, a multiple of the encoder's stride
     encoder: str = "resnet18"  # encoder name (realface.models.encoders.ENCODERS)
-    utk_shard: tuple[int, int] = (0, 3)  # shard i/n of UTKFace to pretrain on (1/3 = 7.9k faces)
+    utk_shard: tuple[int, int] = (0, 3)  # shard i/n of UTKFace the recipe reads (1/3 = 7.9k faces); 1/3 is for fairness
     limit: int | None = None  # at most this many inputs per data set (tiny runs)
     frames: int = 32  # frames per FF++ video when measuring
     mask: str = "crfr-p"  # pretraining masking strategy
@@ -58,6 +58,8 @@ class RecipeConfig:
     sbi_ratio: float = 0.5  # SBI pseudo-fakes per real training face (0 = none)
     labelled_fakes: bool = True  # train on DFDC's labelled fakes too
     paired: bool = False  # batches with every DFDC fake next to its own real
+    utk_reals: bool = False  # fine-tune on the UTKFace shard's real photos too (all ages; SBI is made from them too)
+    balance_groups: tuple[str, ...] = ()  # fine-tuning epochs drawn balanced over these UTKFace columns (race, gender, age)
     workers: int = 2  # data loader processes (and preprocess workers)
     max_steps_per_epoch: int | None = None  # cap (tiny runs)
 
@@ -69,6 +71,10 @@ class RecipeConfig:
             raise RealfaceError("crops must be at least half the model's input side")
         if not self.labelled_fakes and self.sbi_ratio <= 0:
             raise RealfaceError("a detector needs fakes: keep labelled fakes or set an SBI ratio")
+        if self.balance_groups and not self.utk_reals:
+            raise RealfaceError("balance_groups needs utk_reals: only the UTKFace faces carry group columns")
+        if self.balance_groups and self.paired:
+            raise RealfaceError("paired and balance_groups each set the fine-tuning order: choose one")
 
     @property
     def pretrained(self) -> bool:
@@ -96,11 +102,12 @@ PRESETS: dict[str, RecipeConfig] = {
 PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "distill_weight", "decoder_dim",
                      "decoder_depth", "pretrain_epochs", "pretrain_batch", "pretrain_blr", "max_steps_per_epoch")
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
-                     "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "crop_size",
-                     "max_steps_per_epoch")
+                     "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "utk_reals",
+                     "balance_groups", "crop_size", "max_steps_per_epoch")
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
-UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0}
+UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
+              "utk_reals": False, "balance_groups": []}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -124,7 +131,9 @@ def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
 
 
 def _settings(cfg: RecipeConfig, names: tuple[str, ...], **more: Any) -> dict[str, Any]:
-    return {**{k: getattr(cfg, k) for k in names}, **{k: str(v) if isinstance(v, Path) else v for k, v in more.items()}}
+    """The settings as their JSON record reads back (tuples as lists, paths as strings)."""
+    values = {**{k: getattr(cfg, k) for k in names}, **more}
+    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _write_reals_manifest(manifest: Path, out: Path, split: str = "train") -> Path:
@@ -216,6 +225,7 @@ def finetune_stage(
 ) -> None:
     """Fine-tune a detector on the labelled manifests `data` (val = their split=val rows) from the pretraining run
     `pretrained` (None: random init) with the recipe's settings; resumes, and skips a finished run."""
+    from realface.eval.groups import Grouping
     from realface.models.detectors import DetectorConfig, options_for
     from realface.train.engine import TrainConfig
     from realface.train.finetune import finetune
@@ -233,6 +243,7 @@ def finetune_stage(
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=0),
         pretrained=pretrained, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
+        balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
     )  # fmt: skip
 
@@ -290,7 +301,7 @@ def run_recipe(
 
     ft_run = work / "finetune"
     with stage("finetune"):
-        finetune_stage(cfg, [dfdc], ft_run, pre_run, device=device, progress=progress)
+        finetune_stage(cfg, [dfdc, *([faces / "utkface"] if cfg.utk_reals else [])], ft_run, pre_run, device=device, progress=progress)
 
     with stage("export and measure", accumulate=False):
         card = export_and_measure(cfg, ft_run, dfdc, shared, export_to, preset=preset, times=times)
@@ -345,7 +356,10 @@ def export_and_measure(
         "data": {
             "pretraining": f"real faces only: UTKFace shard {cfg.utk_shard[0]}/{cfg.utk_shard[1]} + DFDC train-split reals"
             if cfg.pretrained else "none",
-            "finetuning": "DFDC train split (real + labelled fakes)" + (f" + SBI pseudo-fakes x{cfg.sbi_ratio}" if cfg.sbi_ratio else ""),
+            "finetuning": "DFDC train split (real + labelled fakes)"
+            + (f" + UTKFace shard {cfg.utk_shard[0]}/{cfg.utk_shard[1]} reals" if cfg.utk_reals else "")
+            + (f" + SBI pseudo-fakes x{cfg.sbi_ratio}" if cfg.sbi_ratio else "")
+            + (f", epochs balanced over {', '.join(cfg.balance_groups)}" if cfg.balance_groups else ""),
             "selection_and_threshold": "DFDC val split (split by source video; never trained on)",
         },
         "finetune_epochs_done": int(meta["epoch"]) + 1,
