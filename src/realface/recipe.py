@@ -34,7 +34,7 @@ class RecipeConfig:
     crop_size: int = 224  # side of the aligned crops written by preprocess (the model resizes them to img_size)
     img_size: int = 96  # model input side, a multiple of the encoder's stride (96 px: 12 epochs in 128 px's 9)
     encoder: str = "resnet18"  # encoder name (realface.models.encoders.ENCODERS)
-    utk_shard: tuple[int, int] = (0, 3)  # shard i/n of UTKFace the recipe reads (1/3 = 7.9k faces); 1/3 is for fairness
+    utk_shard: tuple[int, int] = (0, 3)  # the one UTKFace shard i/n the recipe reads (1/3 = 7.9k faces); fairness.py measures on 1/3
     limit: int | None = None  # at most this many inputs per data set (tiny runs)
     frames: int = 32  # frames per FF++ video when measuring
     mask: str = "crfr-p"  # pretraining masking strategy
