@@ -108,3 +108,27 @@ def test_detectors_from_a_pretraining_run(detector, pretrain_run, antispoof, tmp
             full = bundle.detector(calibration).extras[f"logits_b{chosen + 1}"]
             torch.testing.assert_close(shipped.detector(calibration).logits, full)
         assert len(val) == decision["val"]["n"] and all(r.confidence is not None for r in val)
+
+
+def test_init_continues_from_a_trained_detector(antispoof, tmp_path):
+    """--init starts from a trained detector's weights, keeps its architecture and input side, takes the training
+    fields from the command line: with a vanishing learning rate the continued run scores every val face as the
+    run it started from did."""
+    first = tmp_path / "first"
+    common = ["--data", str(antispoof), "--crop-size", "64", *FAST]
+    assert main(["finetune", "--out", str(first), "--img-size", "64", "--blr", "0.01", *common]) == 0
+    second = tmp_path / "second"
+    args = ["finetune", "--out", str(second), "--init", str(first), "--model", "resnet18", "--img-size", "96",
+            "--drop-path", "0", "--blr", "1e-12", *common]  # fmt: skip
+    assert main(args) == 0
+    config = ckpt.read_json(second / "config.json")
+    assert config["init"] == str(first)
+    assert (config["detector"]["encoder"], config["detector"]["img_size"]) == ("vit_tiny_patch16", 64)
+    assert config["detector"]["drop_path"] == 0.0
+    before = {Path(r.path).name: r.score for r in read_scores_csv(first / VAL_SCORES)}
+    after = {Path(r.path).name: r.score for r in read_scores_csv(second / VAL_SCORES)}
+    assert before.keys() == after.keys() and len(set(before.values())) > 1
+    assert all(abs(after[k] - before[k]) < 1e-4 for k in before)
+    # a pretraining run and a trained detector are two different starts
+    both = ["finetune", "--out", str(tmp_path / "x"), "--init", str(first), "--pretrained", str(first), *common]
+    assert main(both) == 2

@@ -455,6 +455,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", type=Path, nargs="+", default=None, help="validation manifests (default: split=val rows)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--pretrained", type=Path, default=None, help="a `realface pretrain` run (default: random init)")
+    p.add_argument("--init", default=None, metavar="RUN_OR_WEIGHTS",
+                   help="continue from a trained detector instead: a finetune run, exported weights, or `default` "
+                        "(the packaged model), e.g. to teach it your own real photos; its architecture and input side "
+                        "are kept (--detector, --model, --img-size and the detector options are not used)")
     d = p.add_argument_group("detector")
     d.add_argument("--detector", default="classifier", help="classifier (old name: vit), rffr or competitive")
     d.add_argument("--model", default="vit_tiny_patch16",
@@ -493,6 +497,15 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_finetune)
 
 
+def _init_model(name: str | None) -> Path | None:
+    """--init: a path, or `default` for the packaged weights."""
+    from realface.model import default_weights_dir
+
+    if name is None:
+        return None
+    return default_weights_dir() if name == "default" else Path(name)
+
+
 def _run_finetune(args: argparse.Namespace) -> int:
     from realface.models.detectors import DetectorConfig, options_for
     from realface.train.finetune import finetune
@@ -518,6 +531,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         detector_cfg=detector_cfg,
         train_cfg=_train_config(args),
         pretrained=args.pretrained,
+        init=_init_model(args.init),
         val=args.val,
         labelled_fakes=not args.no_labelled_fakes,
         sbi_ratio=args.sbi_ratio if args.pseudo_fakes == "sbi" else 0.0,

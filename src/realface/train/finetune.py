@@ -180,6 +180,7 @@ def finetune(
     detector_cfg: DetectorConfig,
     train_cfg: TrainConfig,
     pretrained: Path | None,
+    init: Path | None = None,
     val: list[Path] | None = None,
     labelled_fakes: bool = True,
     sbi_ratio: float = 0.0,
@@ -209,7 +210,12 @@ def finetune(
     run into a memory-mapped file in `out` (`CropCache`, removed at the end) instead of once per epoch.
     balance: draw each epoch so every group of people in these manifest columns has the same share
     (`realface.data.balance`); not with `paired`.
+    init: continue from a trained detector (a finetune run or exported weights, `realface.bundle.load_bundle`)
+    instead of a pretrained encoder: its architecture, input side and normalization are kept, while the
+    training-time fields of `detector_cfg` (drop_path, label_smoothing, layer_decay, freeze) apply; e.g. to
+    teach the shipped model a user's own real photos.
     """
+    from realface.bundle import load_bundle
     from realface.models.pretrained import load_pretrainer
 
     from realface.eval.thresholds import check_threshold_policy
@@ -217,6 +223,8 @@ def finetune(
     check_threshold_policy(threshold_policy, **(threshold_params or {}))  # before the first step, not after the last
     if paired and balance is not None:
         raise RealfaceError("--paired and --balance-groups each set the training order: choose one")
+    if init is not None and pretrained is not None:
+        raise RealfaceError("--init starts from a trained detector, --pretrained from a pretraining run: choose one")
     out = Path(out)
     saved, train_cfg = open_run(out, resume, train_cfg)
     if saved is not None:
@@ -241,8 +249,18 @@ def finetune(
             pre = replace(pre, crop=crop, img_size=detector_cfg.img_size)
         elif resume:
             pre = Preprocessing.from_dict(saved["preprocessing"])
+        start = None
+        if init is not None and not resume:
+            start = load_bundle(init)
+            detector_cfg = replace(
+                start.config, drop_path=detector_cfg.drop_path, label_smoothing=detector_cfg.label_smoothing,
+                layer_decay=detector_cfg.layer_decay, freeze=detector_cfg.freeze,
+            )  # fmt: skip
+            pre = replace(start.pre, crop=crop)
         detector = build_detector(detector_cfg, pretrainer)
-        del pretrainer
+        if start is not None:
+            detector.load_state_dict(start.detector.state_dict())
+        del pretrainer, start
 
         items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio)
         if len({it.label for it in items}) < 2:
@@ -267,6 +285,7 @@ def finetune(
             "data": [str(p) for p in data],
             "val": [str(p) for p in val] if val else "split=val rows of data",
             "pretrained": str(pretrained) if pretrained else None,
+            "init": str(init) if init else None,
             "labelled_fakes": labelled_fakes,
             "sbi_ratio": sbi_ratio,
             "paired": paired,
