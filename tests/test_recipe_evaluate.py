@@ -26,7 +26,12 @@ def test_recipe_exports_weights_with_a_model_card(tiny_recipe):
     config = ckpt.read_json(tiny_recipe / "config.json")
     assert config["kind"] == "detector-export"
     card = config["card"]
-    assert card["recipe"]["preset"] == "tiny" and set(card["wall_time_s"]) >= {"pretrain", "finetune"}
+    assert card["recipe"]["preset"] == "tiny" and set(card["wall_time_s"]) >= {"pretrain", "finetune", "polish"}
+    # the polish stage continued the fine-tuned detector with UTKFace's reals added
+    polish = ckpt.read_json(tiny_recipe.parent / "work" / "polish" / "config.json")
+    assert polish["init"] == str(tiny_recipe.parent / "work" / "finetune") and polish["data"][-1].endswith("utkface")
+    assert card["polish"]["epochs_done"] == 1 and len(card["val_auc_per_epoch"]) == 1
+    assert "then continued for 1 epoch(s) with UTKFace reals" in (tiny_recipe / "MODEL_CARD.md").read_text()
     assert len(card["ffpp_videos"]) == 7 and 0.0 <= card["dfdc_val"]["auc"] <= 1.0
     weights = ckpt.load_weights(tiny_recipe / "model.safetensors", dtype=None)
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}  # shipped as fp16
@@ -75,8 +80,8 @@ def test_recipe_fine_tunes_on_utkface_reals_balanced_by_group(tiny_recipe, share
     before = (tmp_path / "ft" / "last" / "meta.json").read_text()
     finetune_stage(cfg, data, tmp_path / "ft", None, progress=False)  # done: reused as it is
     assert (tmp_path / "ft" / "last" / "meta.json").read_text() == before
-    with pytest.raises(RealfaceError, match="needs utk_reals"):
-        replace(PRESETS["tiny"], balance_groups=("race",))
+    with pytest.raises(RealfaceError, match="needs utk_reals or polish_epochs"):
+        replace(PRESETS["tiny"], polish_epochs=0, balance_groups=("race",))
 
 
 def test_detect_uses_the_recipe_weights(tiny_recipe, shared_data, capsys):

@@ -59,7 +59,9 @@ class RecipeConfig:
     labelled_fakes: bool = True  # train on DFDC's labelled fakes too
     paired: bool = False  # batches with every DFDC fake next to its own real
     utk_reals: bool = False  # fine-tune on the UTKFace shard's real photos too (all ages; SBI is made from them too)
-    balance_groups: tuple[str, ...] = ()  # fine-tuning epochs drawn balanced over these UTKFace columns (race, gender, age)
+    balance_groups: tuple[str, ...] = ()  # epochs with UTKFace reals drawn balanced over these columns (race, gender, age)
+    polish_epochs: int = 0  # then continue the fine-tuned detector this many epochs with the UTKFace shard's reals added
+    polish_blr: float = 3e-4  # base learning rate of that continuation (short and gentle: the detector keeps what it knew)
     workers: int = 2  # data loader processes (and preprocess workers)
     max_steps_per_epoch: int | None = None  # cap (tiny runs)
 
@@ -71,8 +73,8 @@ class RecipeConfig:
             raise RealfaceError("crops must be at least half the model's input side")
         if not self.labelled_fakes and self.sbi_ratio <= 0:
             raise RealfaceError("a detector needs fakes: keep labelled fakes or set an SBI ratio")
-        if self.balance_groups and not self.utk_reals:
-            raise RealfaceError("balance_groups needs utk_reals: only the UTKFace faces carry group columns")
+        if self.balance_groups and not (self.utk_reals or self.polish_epochs):
+            raise RealfaceError("balance_groups needs utk_reals or polish_epochs: only the UTKFace faces carry group columns")
         if self.balance_groups and self.paired:
             raise RealfaceError("paired and balance_groups each set the fine-tuning order: choose one")
 
@@ -84,7 +86,7 @@ class RecipeConfig:
 PRESETS: dict[str, RecipeConfig] = {
     "tiny": RecipeConfig(
         crop_size=64, img_size=64, utk_shard=(0, 1), limit=24, frames=2, pretrain_epochs=1, pretrain_batch=8,
-        finetune_epochs=1, finetune_batch=8, workers=0, max_steps_per_epoch=2, layer_decay=0.75,
+        finetune_epochs=1, finetune_batch=8, workers=0, max_steps_per_epoch=2, layer_decay=0.75, polish_epochs=1,
     ),
     "cpu": RecipeConfig(),
     # The chain that made the default model until 2026-12 (ViT-tiny, DFDC val AUC 0.575), for comparison.
@@ -104,6 +106,8 @@ PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
                      "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "utk_reals",
                      "balance_groups", "crop_size", "max_steps_per_epoch")
+POLISH_SETTINGS = ("polish_epochs", "polish_blr")
+POLISH_WARMUP = 0.05  # warmup epochs of the polish stage: the detector is trained already
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
 UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
@@ -221,10 +225,18 @@ def pretrain_stage(cfg: RecipeConfig, data: list[Path], run: Path, *, device: st
 
 
 def finetune_stage(
-    cfg: RecipeConfig, data: list[Path], run: Path, pretrained: Path | None, *, device: str = "auto", progress: bool = True
+    cfg: RecipeConfig,
+    data: list[Path],
+    run: Path,
+    pretrained: Path | None,
+    *,
+    init: Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
 ) -> None:
     """Fine-tune a detector on the labelled manifests `data` (val = their split=val rows) from the pretraining run
-    `pretrained` (None: random init) with the recipe's settings; resumes, and skips a finished run."""
+    `pretrained` (None: random init), or continue the finished fine-tuning stage `init`, with the recipe's settings;
+    resumes, and skips a finished run."""
     from realface.eval.groups import Grouping
     from realface.models.detectors import DetectorConfig, options_for
     from realface.train.engine import TrainConfig
@@ -232,7 +244,10 @@ def finetune_stage(
 
     # A fine-tuning run depends on its pretraining too: a run remade with other settings must not be reused.
     names = FINETUNE_SETTINGS + (PRETRAIN_SETTINGS if pretrained is not None else ("encoder", "img_size"))
-    if _stage_done(run, cfg.finetune_epochs, _settings(cfg, names, data=[str(d) for d in data], pretrained=pretrained)):
+    more: dict[str, Any] = {"data": [str(d) for d in data], "pretrained": pretrained}
+    if init is not None:  # and on the stage it continues
+        more["init"] = {"run": str(init), "settings": json.loads((Path(init) / STAGE_FILE).read_text())}
+    if _stage_done(run, cfg.finetune_epochs, _settings(cfg, names, **more)):
         return
     finetune(
         data, run,
@@ -242,10 +257,25 @@ def finetune_stage(
                                                                        "mask_weight": cfg.mask_weight}, strict=False)),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=0),
-        pretrained=pretrained, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
+        pretrained=pretrained, init=init, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
         balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
     )  # fmt: skip
+
+
+def polish_stage(
+    cfg: RecipeConfig, data: list[Path], run: Path, start: Path, *, device: str = "auto", progress: bool = True
+) -> None:
+    """Continue the finished fine-tuning stage `start` for `cfg.polish_epochs` at `cfg.polish_blr` on `data` (the
+    DFDC manifest and the UTKFace shard's reals, SBI made from both), drawn balanced over `cfg.balance_groups`.
+
+    Why (issue 16, README "Fairness"): a detector that learned real faces from DFDC's video frames alone calls 45% of
+    ordinary photos fake; one short epoch that also shows it UTKFace's photos of every age and origin as real brings
+    that to about 1-2% on photos it never saw, the same decision rule for everyone.
+    """
+    polish = replace(cfg, finetune_epochs=cfg.polish_epochs, finetune_blr=cfg.polish_blr, finetune_warmup=POLISH_WARMUP,
+                     utk_reals=True)  # fmt: skip
+    finetune_stage(polish, data, run, None, init=start, device=device, progress=progress)
 
 
 def run_recipe(
@@ -302,9 +332,14 @@ def run_recipe(
     ft_run = work / "finetune"
     with stage("finetune"):
         finetune_stage(cfg, [dfdc, *([faces / "utkface"] if cfg.utk_reals else [])], ft_run, pre_run, device=device, progress=progress)
+    final = ft_run
+    if cfg.polish_epochs:
+        final = work / "polish"
+        with stage("polish"):
+            polish_stage(cfg, [dfdc, faces / "utkface"], final, ft_run, device=device, progress=progress)
 
     with stage("export and measure", accumulate=False):
-        card = export_and_measure(cfg, ft_run, dfdc, shared, export_to, preset=preset, times=times)
+        card = export_and_measure(cfg, final, dfdc, shared, export_to, preset=preset, times=times)
     card["wall_time_s"] = {k: round(v, 1) for k, v in times.items()}
     export_card(card, export_to, work)
     return card
@@ -347,7 +382,13 @@ def export_and_measure(
         with_maps = DetectionFaces(build_items(val_records), bundle.pre, mask_grid=shipped.config.grid)
         where = localization_report(shipped.detector, with_maps, workers=cfg.workers)
     meta = json.loads((Path(ft_run) / "last" / "meta.json").read_text())
+    polish = None
+    start = json.loads((Path(ft_run) / "config.json").read_text()).get("init")
+    if cfg.polish_epochs and start:  # a polish run: the epochs of the fine-tuning it continued come first
+        polish = {"epochs_done": int(meta["epoch"]) + 1, "val_auc_per_epoch": _val_aucs(meta)}
+        meta = json.loads((Path(start) / "last" / "meta.json").read_text())
     best = max(meta["history"], key=lambda e: e.get("val_auc", float("-inf")))
+    utk = f"UTKFace shard {cfg.utk_shard[0]}/{cfg.utk_shard[1]} reals"
     fakes = [r["p_fake"] for r in ffpp if r["label"] == "fake" and r["p_fake"] is not None]
     originals = [r["p_fake"] for r in ffpp if r["label"] == "real" and r["p_fake"] is not None]
     return {
@@ -357,14 +398,17 @@ def export_and_measure(
             "pretraining": f"real faces only: UTKFace shard {cfg.utk_shard[0]}/{cfg.utk_shard[1]} + DFDC train-split reals"
             if cfg.pretrained else "none",
             "finetuning": "DFDC train split (real + labelled fakes)"
-            + (f" + UTKFace shard {cfg.utk_shard[0]}/{cfg.utk_shard[1]} reals" if cfg.utk_reals else "")
+            + (f" + {utk}" if cfg.utk_reals else "")
             + (f" + SBI pseudo-fakes x{cfg.sbi_ratio}" if cfg.sbi_ratio else "")
-            + (f", epochs balanced over {', '.join(cfg.balance_groups)}" if cfg.balance_groups else ""),
+            + (f"; then {cfg.polish_epochs} epoch(s) more from those weights (base lr {cfg.polish_blr}) with the {utk}"
+               " added, SBI made from them too" if cfg.polish_epochs else "")
+            + (f"; epochs with UTKFace reals balanced over {', '.join(cfg.balance_groups)}" if cfg.balance_groups else ""),
             "selection_and_threshold": "DFDC val split (split by source video; never trained on)",
         },
         "finetune_epochs_done": int(meta["epoch"]) + 1,
         "best_epoch": int(best["epoch"]) + 1,
-        "val_auc_per_epoch": [round(float(e["val_auc"]), 4) for e in meta["history"] if "val_auc" in e],
+        "val_auc_per_epoch": _val_aucs(meta),
+        "polish": polish,
         "preprocessing": Preprocessing.to_dict(shipped.pre),
         "dfdc_val": decision.val,
         "dfdc_val_robustness": robustness,
@@ -376,6 +420,10 @@ def export_and_measure(
         "date": time.strftime("%Y-%m-%d"),
         "note": note,
     }
+
+
+def _val_aucs(meta: dict[str, Any]) -> list[float]:
+    return [round(float(e["val_auc"]), 4) for e in meta["history"] if "val_auc" in e]
 
 
 def export_card(card: dict[str, Any], export_to: Path, work: Path | None = None) -> None:
@@ -409,6 +457,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
            f" {r['pretrain_epochs']} epochs), then " if r.get("pretrain_epochs") else "from random weights (no pretraining), ")
         + f"fine-tuned as a `{r['detector']}` detector for {card.get('finetune_epochs_done', r['finetune_epochs'])} of"
         f" {r['finetune_epochs']} epochs (best epoch {card.get('best_epoch', '?')} on val)"
+        + (f", then continued for {card['polish']['epochs_done']} epoch(s) with UTKFace reals added (see Data)"
+           if card.get("polish") else "")
         + (f", with the forgery-mask loss (weight {r['mask_weight']}) and its cell head." if r.get("mask_weight")
            and r["detector"] in ("classifier", "vit") else "."),
         f"- Crops: aligned faces, face box scaled by {Preprocessing.from_dict(card['preprocessing']).crop.margin}, "
@@ -443,7 +493,9 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         "## Wall time (seconds)",
         *[f"- {k}: {v}" for k, v in card["wall_time_s"].items()],
         "",
-        *([f"Val AUC per epoch: {', '.join(f'{a:.3f}' for a in card['val_auc_per_epoch'])}.", ""]
+        *([f"Val AUC per epoch: {', '.join(f'{a:.3f}' for a in card['val_auc_per_epoch'])}"
+           + (f"; then, with UTKFace reals: {', '.join(f'{a:.3f}' for a in card['polish']['val_auc_per_epoch'])}"
+              if card.get("polish") else "") + ".", ""]
           if card.get("val_auc_per_epoch") else []),
         *(["## Notes", card["note"], ""] if card.get("note") else []),
     ]
