@@ -3,7 +3,7 @@
 The faces are real UTKFace photos that no stage of the default recipe saw: the recipe reads shard 0/3 of the
 UTKFace manifest only (`preprocess --shard 0/3`: every third photo in sorted path order, from the first), and
 selects and fits its threshold on DFDC val. This script draws COUNT photos at random (SEED)
-from shard SHARD (default 1/3), crops their faces once, with the crop settings the model expects, into a
+from shard SHARD (default 1/3; the default COUNT takes all of it), crops their faces once, with the crop settings the model expects, into a
 cache under runs/, and runs `realface evaluate` on them through a protocol file that names the group columns
 (race, gender, age) and UTKFace's codes, at the model's stored threshold. It writes the evaluate report and
 `fairness.md` (the table, the split, and whether the targets are met) to OUT, and prints fairness.md.
@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="finetune run or exported weights (default: shipped)")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data", help="the shared data folder")
     parser.add_argument("--shard", type=_shard, default=(1, 3), help="UTKFace shard i/n to draw from (default 1/3)")
-    parser.add_argument("--count", type=int, default=2000, help="faces drawn from the shard (default 2000)")
+    parser.add_argument("--count", type=int, default=8000,
+                        help="faces drawn from the shard (default 8000: all of a third of UTKFace, 7,901 photos)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--age-bins", default="0,13,20,40,60", help="lower edges of the age ranges, years")
     parser.add_argument("--bootstrap", type=int, default=1000)

@@ -108,3 +108,12 @@ def test_evaluate_writes_the_report(tiny_recipe, shared_data, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndatasets:\n  a: {data: nowhere.csv}\n")
     assert main(["evaluate", "--model", str(tiny_recipe), "--protocol", str(bad), "--out", str(tmp_path / "r")]) == 2
+
+
+def test_every_recipe_preset_can_be_named_on_the_command_line():
+    from realface.cli import RECIPE_PRESETS
+    from realface.recipe import PRESETS
+
+    assert set(RECIPE_PRESETS) == set(PRESETS)
+    fair, cpu = PRESETS["cpu-fair"], PRESETS["cpu"]
+    assert fair.polish_epochs > 0 and cpu.polish_epochs == 0  # the default stays without the UTKFace polish

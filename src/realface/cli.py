@@ -560,15 +560,19 @@ def _run_finetune(args: argparse.Namespace) -> int:
 # recipe
 
 
+RECIPE_PRESETS = ("tiny", "cpu", "cpu-fair", "cpu-vit", "gpu")  # realface.recipe.PRESETS (not imported: startup time)
+
+
 def _add_recipe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "recipe",
         help="run the whole chain that makes the default model (preprocess, pretrain, finetune, export)",
         description="Reproduce the default model from ../shared/data; every stage resumes where it stopped.",
     )
-    p.add_argument("preset", nargs="?", default="default", choices=("default", "tiny", "cpu", "gpu"),
-                   help="tiny (tests), cpu (~2 h, 2 cores) or gpu; default: cpu")
-    p.add_argument("--scale", choices=("tiny", "cpu", "gpu"), default=None, help="the preset, as an option (wins)")
+    p.add_argument("preset", nargs="?", default="default", choices=("default", *RECIPE_PRESETS),
+                   help="tiny (tests), cpu (~2.5 h, 2 cores; the default), cpu-fair (cpu + UTKFace reals: fewer false "
+                        "alarms on photos), cpu-vit (the ViT-tiny chain of before) or gpu")
+    p.add_argument("--scale", choices=RECIPE_PRESETS, default=None, help="the preset, as an option (wins)")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"), help="the shared data folder")
     p.add_argument("--work", type=Path, default=None, help="working folder (default runs/recipe-PRESET)")
     p.add_argument("--export", type=Path, default=None, help="where the weights go (default: the package)")
