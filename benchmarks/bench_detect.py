@@ -6,7 +6,7 @@ targets of the fast main job:
 - `realface serve` ready (start to the first 200 from /healthz): target <= 3 s;
 - one 32-frame 640x480 video (FF++ original/519.mp4) with the model loaded, as `serve` has it: decode, detect,
   landmarks, align, score, aggregate; median of --repeat after one warm-up scan, then the median of the 10 scans
-  after those (a process's first scans are 10-30% slower): target <= 1.2 s;
+  after those (a server in use): target <= 1.2 s;
 - faces/s of the classifier alone on aligned crops at batch 32, on ONNX Runtime and on PyTorch: target >= 150;
 - images/s of the whole image path on UTKFace;
 - with --venvs, the size of each virtual environment (the full install and the light one).
