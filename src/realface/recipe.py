@@ -109,7 +109,6 @@ PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
                      "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "utk_reals",
                      "balance_groups", "crop_size", "max_steps_per_epoch")
-POLISH_SETTINGS = ("polish_epochs", "polish_blr")
 POLISH_WARMUP = 0.2  # warmup epochs of the polish stage
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
