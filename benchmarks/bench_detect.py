@@ -101,7 +101,7 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     rows.append(("32-frame 640x480 video, model loaded (median)", f"{np.median(times):.2f} s",
                  f"<= 1.2 s ({len(result.faces)} faces, verdict {result.verdict})"))  # fmt: skip
-    steady = []  # a server in use: its process has scanned a few videos (allocators and caches grown)
+    steady = []  # a server in use: the scans after its first few
     for _ in range(10):
         start = time.perf_counter()
         scanner.scan(video)

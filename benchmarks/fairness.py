@@ -2,9 +2,9 @@
 
 The faces are real UTKFace photos that no stage of the default recipe saw: the recipe reads shard 0/3 of the
 UTKFace manifest only (`preprocess --shard 0/3`: every third photo in sorted path order, from the first), and
-selects and fits its threshold on DFDC val. This script draws COUNT photos at random (SEED)
-from shard SHARD (default 1/3; the default COUNT takes all of it), crops their faces once, with the crop settings the model expects, into a
-cache under runs/, and runs `realface evaluate` on them through a protocol file that names the group columns
+selects and fits its threshold on DFDC val. This script draws COUNT photos at random (SEED) from shard SHARD
+(default 1/3; the default COUNT takes all of it), crops their faces once, with the crop settings the model
+expects, into a cache under runs/, and runs `realface evaluate` on them through a protocol file that names the group columns
 (race, gender, age) and UTKFace's codes, at the model's stored threshold. It writes the evaluate report and
 `fairness.md` (the table, the split, and whether the targets are met) to OUT, and prints fairness.md.
 

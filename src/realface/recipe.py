@@ -269,7 +269,7 @@ def polish_stage(
     cfg: RecipeConfig, data: list[Path], run: Path, start: Path, *, device: str = "auto", progress: bool = True
 ) -> None:
     """Continue the finished fine-tuning stage `start` for `cfg.polish_epochs` at `cfg.polish_blr` on `data` (the
-    DFDC manifest and the UTKFace shard's reals, SBI made from both), drawn balanced over `cfg.balance_groups`.
+    DFDC manifest and the UTKFace shard's reals, SBI made from both), balanced over `cfg.balance_groups` if any.
 
     Why (issue 16, README "Fairness"): a detector that learned real faces from DFDC's video frames alone calls 45% of
     ordinary photos fake; two epochs that also show it UTKFace's photos of every age and origin as real bring that to
