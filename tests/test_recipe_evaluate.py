@@ -29,7 +29,15 @@ def test_recipe_exports_weights_with_a_model_card(tiny_recipe):
     assert card["recipe"]["preset"] == "tiny" and set(card["wall_time_s"]) >= {"pretrain", "finetune", "polish"}
     # the polish stage continued the fine-tuned detector with UTKFace's reals added
     polish = ckpt.read_json(tiny_recipe.parent / "work" / "polish" / "config.json")
-    assert polish["init"] == str(tiny_recipe.parent / "work" / "finetune") and polish["data"][-1].endswith("utkface")
+    assert polish["init"] == str(tiny_recipe.parent / "work" / "finetune")
+    # on every 3rd face of the UTKFace shard, read from a manifest of its own whose paths resolve
+    from realface.faces.manifest import read_face_manifest
+
+    faces = tiny_recipe.parent / "work" / "faces"
+    assert polish["data"] == [str(faces / "dfdc" / "manifest.csv"), str(faces / "utkface-every3.csv")]
+    shard, third = read_face_manifest(faces / "utkface"), read_face_manifest(faces / "utkface-every3.csv")
+    assert [r.path.resolve() for r in third] == [r.path.resolve() for r in shard[::3]] and len(third) == 8  # 24 faces
+    assert all(r.path.is_file() and r.extra["race"] for r in third)
     assert card["polish"]["epochs_done"] == 1 and len(card["val_auc_per_epoch"]) == 1
     assert "then continued for 1 epoch(s) with UTKFace reals" in (tiny_recipe / "MODEL_CARD.md").read_text()
     assert len(card["ffpp_videos"]) == 7 and 0.0 <= card["dfdc_val"]["auc"] <= 1.0
@@ -115,5 +123,6 @@ def test_every_recipe_preset_can_be_named_on_the_command_line():
     from realface.recipe import PRESETS
 
     assert set(RECIPE_PRESETS) == set(PRESETS)
-    fair, cpu = PRESETS["cpu-fair"], PRESETS["cpu"]
-    assert fair.polish_epochs > 0 and cpu.polish_epochs == 0  # the default stays without the UTKFace polish
+    cpu, fair, dfdc = PRESETS["cpu"], PRESETS["cpu-fair"], PRESETS["cpu-dfdc"]
+    assert cpu.polish_epochs == fair.polish_epochs > 0 == dfdc.polish_epochs  # the default polishes with UTKFace photos
+    assert (cpu.utk_every, fair.utk_every) == (3, 1)  # on a third of them; cpu-fair on all

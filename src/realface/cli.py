@@ -560,7 +560,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 # recipe
 
 
-RECIPE_PRESETS = ("tiny", "cpu", "cpu-fair", "cpu-vit", "gpu")  # realface.recipe.PRESETS (not imported: startup time)
+RECIPE_PRESETS = ("tiny", "cpu", "cpu-fair", "cpu-dfdc", "cpu-vit", "gpu")  # realface.recipe.PRESETS (not imported: startup time)
 
 
 def _add_recipe(sub: argparse._SubParsersAction) -> None:
@@ -570,8 +570,9 @@ def _add_recipe(sub: argparse._SubParsersAction) -> None:
         description="Reproduce the default model from ../shared/data; every stage resumes where it stopped.",
     )
     p.add_argument("preset", nargs="?", default="default", choices=("default", *RECIPE_PRESETS),
-                   help="tiny (tests), cpu (~2.5 h, 2 cores; the default), cpu-fair (cpu + UTKFace reals: fewer false "
-                        "alarms on photos), cpu-vit (the ViT-tiny chain of before) or gpu")
+                   help="tiny (tests), cpu (~2.5 h, 2 cores; the default: DFDC, then a third of UTKFace shard 0/3's "
+                        "photos), cpu-fair (all of them: fewer false alarms on photos, lower DFDC AUC), cpu-dfdc (no "
+                        "UTKFace photos), cpu-vit (the ViT-tiny chain of before) or gpu")
     p.add_argument("--scale", choices=RECIPE_PRESETS, default=None, help="the preset, as an option (wins)")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"), help="the shared data folder")
     p.add_argument("--work", type=Path, default=None, help="working folder (default runs/recipe-PRESET)")
