@@ -126,3 +126,4 @@ def test_every_recipe_preset_can_be_named_on_the_command_line():
     cpu, fair, dfdc = PRESETS["cpu"], PRESETS["cpu-fair"], PRESETS["cpu-dfdc"]
     assert cpu.polish_epochs == fair.polish_epochs > 0 == dfdc.polish_epochs  # the default polishes with UTKFace photos
     assert (cpu.utk_every, fair.utk_every) == (3, 1)  # on a third of them; cpu-fair on all
+    assert cpu.paired and not PRESETS["cpu-vit"].paired  # paired batches since 2026-12-04; the old chain as it was
