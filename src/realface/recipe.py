@@ -101,7 +101,7 @@ PRESETS: dict[str, RecipeConfig] = {
     # The cpu chain polished with all of the shard's photos, not a third (issue 16): fewer false alarms on ordinary
     # photos and smaller gaps between groups, lower DFDC val AUC (README "Fairness").
     "cpu-fair": RecipeConfig(utk_every=1),
-    # The cpu chain without the polish: DFDC video frames are its only reals (the default until 2026-12-04).
+    # The cpu chain without the polish: DFDC video frames are its only reals.
     "cpu-dfdc": RecipeConfig(polish_epochs=0),
     "gpu": RecipeConfig(
         crop_size=224, img_size=224, encoder="convnextv2_pico", utk_shard=(0, 1), decoder_dim=256, pretrain_epochs=100,
