@@ -168,12 +168,13 @@ def _write_reals_manifest(manifest: Path, out: Path, split: str = "train") -> Pa
     return _write_manifest_subset(manifest, out, lambda _, r: r["label"] == "real" and r.get("split", split) == split)
 
 
-def _utk_finetune_data(cfg: RecipeConfig, folder: Path) -> Path:
-    """What fine-tuning reads of the preprocessed UTKFace shard in `folder`: all of it, or every `utk_every`-th face
-    of its manifest (sorted by path as preprocess writes it, so the sample spreads over ages, genders and races)."""
+def _utk_finetune_data(cfg: RecipeConfig, manifest: Path) -> Path:
+    """What fine-tuning reads of the preprocessed UTKFace shard whose manifest is `manifest`: its whole folder, or
+    every `utk_every`-th face of the manifest (sorted by path as preprocess writes it, so the sample spreads over
+    ages, genders and races)."""
+    folder = manifest.parent
     if cfg.utk_every == 1:
         return folder
-    (manifest,) = sorted(folder.glob("manifest*.csv"))  # preprocess writes one per shard, and the recipe reads one
     return _write_manifest_subset(manifest, folder.with_name(f"{folder.name}-every{cfg.utk_every}.csv"),
                                   lambda i, _: i % cfg.utk_every == 0)  # fmt: skip
 
@@ -340,6 +341,7 @@ def run_recipe(
     faces = work / "faces"
     pipe = PipelineConfig(crop_size=cfg.crop_size, assume_cropped=True)
     with stage("preprocess"):
+        manifests = {}
         for name, shard in (("dfdc", (0, 1)), ("utkface", cfg.utk_shard)):
             report = preprocess(
                 [shared / name / "manifest.csv"], faces / name, config=pipe, workers=max(1, cfg.workers),
@@ -347,9 +349,10 @@ def run_recipe(
             )  # fmt: skip
             if not report.ok:
                 raise RealfaceError(f"preprocessing {name} found no face")
-        dfdc = faces / "dfdc" / "manifest.csv"
+            manifests[name] = report.manifest
+        dfdc = manifests["dfdc"]
         reals = _write_reals_manifest(dfdc, faces / "dfdc-train-real.csv")
-        utk = _utk_finetune_data(cfg, faces / "utkface")
+        utk = _utk_finetune_data(cfg, manifests["utkface"])
 
     pre_run = work / "pretrain" if cfg.pretrained else None
     if pre_run is not None:
