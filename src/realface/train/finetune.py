@@ -29,6 +29,7 @@ from realface.eval.metrics import roc_auc
 from realface.eval.thresholds import BAND_ACCURACY
 from realface.eval.report import FaceScore, write_scores_csv
 from realface.models.detectors import DetectorConfig, build_detector
+from realface.models.encoders import encoder_info
 from realface.predict import score_batches
 from realface.train import checkpoint as ckpt
 from realface.train.distributed import init_distributed, shutdown_distributed
@@ -321,6 +322,7 @@ def finetune(
             resume=resume,
             progress=progress,
             max_steps_per_epoch=max_steps_per_epoch,
+            layout=encoder_info(detector_cfg.encoder).layout,
         )
         if dist_info.is_main and val_set is not None:
             detector.load_state_dict(ckpt.load_weights(out / "best" / ckpt.WEIGHTS))

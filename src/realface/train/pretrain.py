@@ -21,6 +21,7 @@ from realface.eval.groups import Grouping
 from realface.faces.align import CropSettings
 from realface.faces.manifest import crop_settings_of
 from realface.faces.regions import patch_region_fractions
+from realface.models.encoders import encoder_info
 from realface.models.masking import sample_masks
 from realface.models.pretrainer import ModelConfig, Pretrainer, build_pretrainer
 from realface.models.encoders.vit import ViTEncoder, load_init
@@ -193,6 +194,7 @@ def pretrain(
             resume=resume,
             progress=progress,
             max_steps_per_epoch=max_steps_per_epoch,
+            layout=encoder_info(model_cfg.encoder).layout,
         )
     finally:
         if cache is not None:
