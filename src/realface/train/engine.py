@@ -233,7 +233,8 @@ def fit(
     run_config: the full JSON configuration written to RUN/config.json (model, data, preprocessing, training).
     The dataset must expose `set_epoch(epoch)` so per-sample randomness is a function of (seed, epoch, index).
     layout: the memory format of the model's weights and of image batches; `torch.channels_last` for CNNs (oneDNN's
-    preferred layout: ResNet-18 trains up to 1.1x faster here, MobileNetV3 1.5x). Checkpoints are written contiguous.
+    preferred layout: fine-tuning ResNet-18 at 96 px ran at 36.9 faces/s against 29.0 here, loader included).
+    Checkpoints are written contiguous.
     """
     run_dir = Path(run_dir)
     device = dist_info.device
