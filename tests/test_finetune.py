@@ -16,7 +16,7 @@ from realface.eval.metrics import roc_auc
 from realface.eval.report import read_scores_csv
 from realface.faces.manifest import read_face_manifest
 from realface.train import checkpoint as ckpt
-from realface.train.finetune import VAL_SCORES
+from realface.train.finetune import VAL_SCORES, score_dataset
 
 FAST = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--max-steps-per-epoch", "2"]
 
@@ -108,6 +108,32 @@ def test_detectors_from_a_pretraining_run(detector, pretrain_run, antispoof, tmp
             full = bundle.detector(calibration).extras[f"logits_b{chosen + 1}"]
             torch.testing.assert_close(shipped.detector(calibration).logits, full)
         assert len(val) == decision["val"]["n"] and all(r.confidence is not None for r in val)
+
+
+def test_ema_validates_and_keeps_the_weight_average(antispoof, tmp_path):
+    """--ema: `best` is the moving average (the training state carries it), `last` the trained weights; the stored
+    val scores are the average's, and a resumed run goes on averaging from where it stopped."""
+    run = tmp_path / "ema"
+    args = ["finetune", "--data", str(antispoof), "--out", str(run), "--model", "resnet18", "--img-size", "64",
+            "--crop-size", "64", "--blr", "0.01", "--ema", "0.9", "--batch-size", "8", "--workers", "0",
+            "--no-progress", "--max-steps-per-epoch", "2"]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    best, last = (ckpt.load_weights(run / tag / ckpt.WEIGHTS) for tag in ("best", "last"))
+    average = ckpt.load_train_state(run / "last")["ema"]
+    assert best.keys() == average.keys() == last.keys()
+    for name in best:
+        torch.testing.assert_close(best[name], average[name].to(best[name].dtype))
+    floats = [k for k in best if best[k].is_floating_point()]
+    assert any(not torch.equal(best[k], last[k]) for k in floats)
+    bundle = load_bundle(run)
+    val = DetectionFaces(build_items([r for r in read_face_manifest(antispoof) if r.extra["split"] == "val"]), bundle.pre)
+    probs, _ = score_dataset(bundle.detector, val, 16)
+    stored = {Path(r.path).name: r.score for r in read_scores_csv(run / VAL_SCORES)}
+    assert [stored[Path(item.record.path).name] for item in val.items] == pytest.approx(probs.tolist(), abs=1e-5)
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert ckpt.read_json(run / "last" / "meta.json")["epoch"] == 1
+    moved = ckpt.load_train_state(run / "last")["ema"]
+    assert any(not torch.equal(moved[k], average[k]) for k in floats)
 
 
 def test_init_continues_from_a_trained_detector(antispoof, tmp_path):

@@ -10,7 +10,7 @@ from torch import nn
 from realface.data.faceset import geometric_view, random_resized_box
 from realface.errors import RealfaceError
 from realface.train import checkpoint as ckpt
-from realface.train.engine import TrainConfig
+from realface.train.engine import TrainConfig, WeightAverage
 from realface.train.schedule import cosine_lr, param_groups, scaled_lr
 
 
@@ -37,6 +37,28 @@ def test_train_config_checks_batch_split():
     with pytest.raises(RealfaceError, match="does not split"):
         TrainConfig(batch_size=6).micro_batch(4)
     assert TrainConfig(batch_size=16, accum_steps=2).micro_batch(2) == 4
+
+
+def test_weight_average_hand_values():
+    """min(decay, (1 + step) / (10 + step)) of the average, the rest of the new weights; BatchNorm's running
+    statistics are averaged too and its step counter copied."""
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    average = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+        model[1].running_mean.fill_(2.0)
+        model[1].num_batches_tracked.fill_(7)
+    average.update(model, step=0)  # keeps 1/10 of the average
+    assert average.model[0].weight.item() == pytest.approx(0.1 * 1.0 + 0.9 * 3.0)
+    assert average.model[1].running_mean.item() == pytest.approx(0.9 * 2.0)
+    assert average.model[1].num_batches_tracked.item() == 7
+    average.update(model, step=100)  # past the ramp: keeps `decay`
+    assert average.model[0].weight.item() == pytest.approx(0.5 * 2.8 + 0.5 * 3.0)
+    assert not average.model[0].weight.requires_grad and not average.model.training
+    with pytest.raises(RealfaceError, match="ema decay"):
+        TrainConfig(ema=1.0)
 
 
 def test_checkpoint_round_trip_and_atomic_overwrite(tmp_path):

@@ -336,6 +336,9 @@ def _add_train_arguments(p: argparse.ArgumentParser, *, epochs: int, batch: int,
     g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
     g.add_argument("--clip-grad", type=float, default=1.0, help="max grad norm, 0 = off")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and keep a moving average of the weights, updated every step with this decay "
+                   "(e.g. 0.998: about the last 500 steps; 0 = off)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=2, help="data loader processes")
     g.add_argument("--no-crop-cache", action="store_true",
@@ -365,6 +368,7 @@ def _train_config(args: argparse.Namespace):
         seed=args.seed,
         workers=args.workers,
         tensorboard=args.tensorboard,
+        ema=args.ema,
     )
 
 
