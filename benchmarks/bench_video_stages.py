@@ -10,16 +10,22 @@ Per video, medians of --repeat passes, wall and CPU seconds of this process (all
 - scan: the whole `Scanner.scan` (decode, faces, score and verdict overlapped in threads), as `detect` and `serve`
   run it.
 
+With --inside, a second table instead times the stages inside real scans: each stage's function is wrapped to add
+up the CPU time (`time.thread_time`) of the thread that runs it, with its call count; "rest" is the scan's CPU minus
+those (FFmpeg's decoding threads, ONNX Runtime's worker threads, Python around them). Median over --repeat scans.
+
 The decode floor: a scan cannot end before its last frame is decoded, so "decode" wall is a lower bound of "scan"
 whatever the face pipeline costs; "scan CPU / 2" is the other (2 cores).
 
-    python benchmarks/bench_video_stages.py [--model DIR] [--data ../shared/data] [--repeat 5]
+    python benchmarks/bench_video_stages.py [--model DIR] [--data ../shared/data] [--repeat 5] [--inside]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import resource
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +44,65 @@ def timed(fn):
     return out, time.perf_counter() - w, cpu_s() - c
 
 
+def inside_scans(args: argparse.Namespace) -> None:
+    import realface.detect as detect
+    from realface.faces.detect import WorkingScaleDetector
+    from realface.faces.pipeline import FacePipeline
+    from realface.model import load_model
+
+    cpu: dict[str, float] = collections.defaultdict(float)
+    calls: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def wrap(owner: object, name: str, stage: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed_call(*a, **k):
+            start = time.thread_time()
+            out = inner(*a, **k)
+            with lock:
+                cpu[stage] += time.thread_time() - start
+                calls[stage] += 1
+            return out
+
+        setattr(owner, name, timed_call)
+
+    stages = {"search whole": (WorkingScaleDetector, "detect"), "search near": (WorkingScaleDetector, "detect_near"),
+              "landmarks + align": (FacePipeline, "face_from_box"), "classify (main thread)": (detect.Scanner, "score")}
+    for stage, (owner, name) in stages.items():
+        wrap(owner, name, stage)
+    scanner = detect.Scanner(load_model(args.model), frames=args.frames)
+    print("| video | scan wall / CPU | " + " | ".join(stages) + " | rest |")
+    print("|---|---|" + "---|" * (len(stages) + 1))
+    for video in sorted((args.data / "ffpp-videos").glob("*/*.mp4")):
+        scanner.scan(video)  # warm-up
+        rows: dict[str, list[float]] = collections.defaultdict(list)
+        for _ in range(args.repeat):
+            cpu.clear()
+            calls.clear()
+            _, w, c = timed(lambda: scanner.scan(video))
+            rows["wall"].append(w)
+            rows["cpu"].append(c)
+            rows["rest"].append(c - sum(cpu.values()))
+            for stage in stages:
+                rows[stage].append(cpu[stage])
+        m = {k: float(np.median(v)) for k, v in rows.items()}
+        cells = [f"{m[stage]:.2f} s ({calls[stage]})" for stage in stages]
+        print(f"| {video.parent.name}/{video.name} | {m['wall']:.2f} / {m['cpu']:.2f} s | " + " | ".join(cells)
+              + f" | {m['rest']:.2f} s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--inside", action="store_true", help="time the stages inside real scans instead")
     args = parser.parse_args()
+    if args.inside:
+        inside_scans(args)
+        return
 
     from realface.detect import Scanner
     from realface.faces.align import align_face
