@@ -295,7 +295,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         if cfg.ema:
             if "ema" not in state:
-                raise RealfaceError(f"{run_dir} was trained without --ema: resume it without, or start a new run")
+                raise RealfaceError(f"{run_dir}'s training state holds no weight average to continue (ema {cfg.ema})")
             average = WeightAverage(model, cfg.ema)
             average.model.load_state_dict(state["ema"])
         start_epoch = int(meta["epoch"]) + 1
