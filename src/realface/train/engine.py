@@ -285,19 +285,13 @@ def fit(
     lr = scaled_lr(cfg.base_lr, cfg.batch_size)
     bf16 = use_bf16(cfg.precision, device)
 
-    start_epoch, best_value, history = 0, None, History()
-    average = WeightAverage(model, cfg.ema) if cfg.ema and not resume else None
+    start_epoch, best_value, history, state = 0, None, History(), {}
     if resume:
         last = run_dir / "last"
         state = ckpt.load_train_state(last)
         meta = ckpt.read_json(last / ckpt.META)
         model.load_state_dict(ckpt.load_weights(last / ckpt.WEIGHTS))
         optimizer.load_state_dict(state["optimizer"])
-        if cfg.ema:
-            if "ema" not in state:
-                raise RealfaceError(f"{run_dir}'s training state holds no weight average to continue (ema {cfg.ema})")
-            average = WeightAverage(model, cfg.ema)
-            average.model.load_state_dict(state["ema"])
         start_epoch = int(meta["epoch"]) + 1
         best_value = meta.get("best_value")
         history.epochs = list(meta.get("history", []))
@@ -306,6 +300,11 @@ def fit(
     elif dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.write_json(run_dir / ckpt.CONFIG, run_config)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    if average is not None and resume:
+        if "ema" not in state:
+            raise RealfaceError(f"{run_dir}'s training state holds no weight average to continue (ema {cfg.ema})")
+        average.model.load_state_dict(state["ema"])
 
     wrapped: nn.Module = model
     if dist_info.distributed:
