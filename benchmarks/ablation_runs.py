@@ -10,7 +10,8 @@ runs measured while other jobs shared the cores cannot be compared by their wall
 
     python benchmarks/ablation_runs.py runs/ftA runs/ftP96 [--rates rates.json] [--bootstrap 1000]
 
-rates.json: {"finetune": {"resnet18@128": 24.0, ...}, "pretrain": {"resnet18@96": 30.0, ...}} in faces/s.
+rates.json: {"finetune": {"resnet18@128": 24.0, "resnet18@96:channels_last": 39.1, ...}, "pretrain": {...}} in
+faces/s; an entry with `:LAYOUT` prices runs whose config.json records that memory layout (see `rate_key`).
 """
 
 from __future__ import annotations
@@ -34,13 +35,21 @@ def val_auc(run: Path, bootstrap: int) -> tuple[float, tuple[float, float]]:
     return roc_auc(y, s), bootstrap_ci(roc_auc, y, s, groups, n=bootstrap)
 
 
+def rate_key(key: str, config: dict, rates: dict) -> str:
+    """The rates entry of a run trained as `key` (encoder@side): `key:channels_last` when the run's config records
+    that layout and the rates have that entry, else `key` (a run without a recorded layout was trained contiguous,
+    as every run before 2026-12-04 was)."""
+    layout = config.get("layout", "contiguous")
+    return f"{key}:{layout}" if f"{key}:{layout}" in rates else key
+
+
 def describe(run: Path, rates: dict, bootstrap: int) -> dict:
     config = json.loads((run / "config.json").read_text())
     meta = json.loads((run / "last" / "meta.json").read_text())
     det, train = config["detector"], config["train"]
     epochs = len(meta["history"])
     faces = config["num_train"] * epochs
-    key = f"{det['encoder']}@{det['img_size']}"
+    key = rate_key(f"{det['encoder']}@{det['img_size']}", config, rates.get("finetune", {}))
     minutes = faces / rates["finetune"][key] / 60 if key in rates.get("finetune", {}) else None
     pretraining = "none"
     if config.get("pretrained"):
@@ -50,7 +59,7 @@ def describe(run: Path, rates: dict, bootstrap: int) -> dict:
         model = pre_cfg["model"]
         pre_faces = pre_cfg["num_faces"] * pre_epochs
         faces += pre_faces
-        pre_key = f"{model['encoder']}@{model['img_size']}"
+        pre_key = rate_key(f"{model['encoder']}@{model['img_size']}", pre_cfg, rates.get("pretrain", {}))
         if minutes is not None and pre_key in rates.get("pretrain", {}):
             minutes += pre_faces / rates["pretrain"][pre_key] / 60
         elif minutes is not None:

@@ -4,6 +4,9 @@ detectors that start from a pretraining run."""
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +121,7 @@ def test_ema_validates_and_keeps_the_weight_average(antispoof, tmp_path):
             "--crop-size", "64", "--blr", "0.01", "--ema", "0.9", "--batch-size", "8", "--workers", "0",
             "--no-progress", "--max-steps-per-epoch", "2"]  # fmt: skip
     assert main([*args, "--epochs", "1"]) == 0
+    assert ckpt.read_json(run / "config.json")["layout"] == "channels_last"  # a CNN trains channels-last
     best, last = (ckpt.load_weights(run / tag / ckpt.WEIGHTS) for tag in ("best", "last"))
     average = ckpt.load_train_state(run / "last")["ema"]
     assert best.keys() == average.keys() == last.keys()
@@ -134,6 +138,17 @@ def test_ema_validates_and_keeps_the_weight_average(antispoof, tmp_path):
     assert ckpt.read_json(run / "last" / "meta.json")["epoch"] == 1
     moved = ckpt.load_train_state(run / "last")["ema"]
     assert any(not torch.equal(moved[k], average[k]) for k in floats)
+    # the ablation table prices the run at its layout's training rate
+    rates = tmp_path / "rates.json"
+    rates.write_text(json.dumps({"finetune": {"resnet18@64": 0.01, "resnet18@64:channels_last": 0.02}}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_runs.py"
+    rows = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(script), str(run), "--rates", str(rates), "--bootstrap", "20",
+                           "--json", str(rows)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(rows.read_text())
+    faces = 2 * ckpt.read_json(run / "config.json")["num_train"]  # 2 epochs (of whole epochs' faces)
+    assert row["faces_trained"] == faces and row["idle_minutes"] == round(faces / 0.02 / 60, 1)
 
 
 def test_init_continues_from_a_trained_detector(antispoof, tmp_path):

@@ -30,7 +30,7 @@ def test_pretrain_cli_writes_checkpoints_log_and_pictures(utk_crops, tmp_path):
     assert main(["pretrain", "--data", str(utk_crops), "--out", str(run), "--epochs", "2", *TINY]) == 0
     config = ckpt.read_json(run / "config.json")
     assert config["model"]["mask"] == "crfr-p" and config["preprocessing"]["img_size"] == 64
-    assert config["num_faces"] == 16
+    assert config["num_faces"] == 16 and config["layout"] == "contiguous"  # a ViT: no channels to move last
     for tag in ("last", "best"):
         weights = ckpt.load_weights(run / tag / "model.safetensors")
         assert any(k.startswith("mae.encoder.blocks") for k in weights)

@@ -257,7 +257,8 @@ def fit(
     optimizer: over the model's parameters (`build_optimizer`); its groups may carry `lr_scale`.
     sampler: this process's indices of `train_set` for an epoch, with `set_epoch(epoch)` and `len()`; default a
     shuffled `DistributedSampler` seeded with `cfg.seed`.
-    run_config: the full JSON configuration written to RUN/config.json (model, data, preprocessing, training).
+    run_config: the full JSON configuration written to RUN/config.json (model, data, preprocessing, training), with
+    the `layout` added.
     The dataset must expose `set_epoch(epoch)` so per-sample randomness is a function of (seed, epoch, index).
     layout: the memory format of the model's weights and of image batches; `torch.channels_last` for CNNs (oneDNN's
     preferred layout: fine-tuning ResNet-18 at 96 px ran at 36.9 faces/s against 29.0 here, loader included).
@@ -299,7 +300,9 @@ def fit(
             raise RealfaceError(f"{run_dir} already finished its {cfg.epochs} epochs; raise --epochs to go on")
     elif dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(run_dir / ckpt.CONFIG, run_config)
+        # The memory layout sets the training rate (benchmarks/ablation_runs.py reads it to price a run's minutes).
+        layout_name = "channels_last" if layout == torch.channels_last else "contiguous"
+        ckpt.write_json(run_dir / ckpt.CONFIG, {**run_config, "layout": layout_name})
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
     if average is not None and resume:
         if "ema" not in state:
