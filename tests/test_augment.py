@@ -153,6 +153,32 @@ def test_flip_landmarks_match_the_predictor_on_the_flipped_face(faces: list[np.n
         flip_landmarks(np.zeros((5, 2)), 10)
 
 
+def test_affine_moves_landmarks_and_map_with_the_face(faces: list[np.ndarray], dlib_models) -> None:
+    """Zoom, tilt and shift: the predictor finds the landmarks where the transform put them, and a map of the
+    pixels (here: a square painted on the face) lands where the square is in the warped image."""
+    for k, image in enumerate(faces):
+        landmarks = find_landmarks(dlib_models, image)
+        assert landmarks is not None
+        square = np.zeros(image.shape[:2], np.float32)
+        square[80:120, 60:100] = 1.0
+        painted = image.copy()
+        painted[square > 0] = (255, 0, 255)
+        out, moved, _ = augment.affine(image, np.random.default_rng(k), (1.1, 1.1), 0.05, 8.0, landmarks)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        found = find_landmarks(dlib_models, out)
+        assert found is not None
+        error = np.linalg.norm(found - moved, axis=1)
+        assert np.median(error) < 3.0 and np.percentile(error, 90) < 6.0
+        assert np.median(np.linalg.norm(moved - landmarks, axis=1)) > 3.0  # it did move
+        out, _, warped = augment.affine(painted, np.random.default_rng(k), (1.1, 1.1), 0.05, 8.0, None, square)
+        magenta = (out[..., 0] > 200) & (out[..., 1] < 60) & (out[..., 2] > 200)
+        assert (warped[magenta] > 0.5).mean() > 0.95 and (magenta[warped > 0.5]).mean() > 0.9
+        assert warped.sum() == pytest.approx(1.1**2 * square.sum(), rel=0.05)  # the zoom's area
+    # the draws are the generator's: the same seed, the same transform
+    a = augment.affine(faces[0], np.random.default_rng(3))[0]
+    np.testing.assert_array_equal(a, augment.affine(faces[0], np.random.default_rng(3))[0])
+
+
 def test_wild_augment_composes_with_probabilities(faces: list[np.ndarray]) -> None:
     image = faces[1]
     landmarks = np.random.default_rng(0).uniform(20, 180, size=(68, 2))
@@ -177,6 +203,15 @@ def test_wild_augment_composes_with_probabilities(faces: list[np.ndarray]) -> No
     again, _ = on(image, np.random.default_rng(0), landmarks)
     np.testing.assert_array_equal(out, again)
 
+    # the affine step: off by default and then drawing nothing, so the other steps' draws are unchanged
+    moved = WildAugment(WildAugmentConfig(affine_prob=1.0))
+    plain = WildAugment()
+    out_moved, lm_moved = moved(image, np.random.default_rng(5), landmarks)
+    out_plain, lm_plain = plain(image, np.random.default_rng(5), landmarks)
+    assert not np.array_equal(lm_moved, lm_plain) and out_moved.shape == image.shape
+    with_zero = WildAugment(WildAugmentConfig(affine_prob=0.0, affine_rotate=20.0))
+    np.testing.assert_array_equal(with_zero(image, np.random.default_rng(5))[0], out_plain)
+
     default = WildAugment()
     outs = [default(image, np.random.default_rng(s))[0] for s in range(12)]
     assert len({o.tobytes() for o in outs}) > 6
@@ -190,5 +225,9 @@ def test_wild_augment_config_checks(faces: list[np.ndarray]) -> None:
         WildAugmentConfig(jpeg_quality=(90, 40))
     with pytest.raises(ValueError, match="hue"):
         WildAugmentConfig(hue=0.7)
+    with pytest.raises(ValueError, match="affine_scale"):
+        WildAugmentConfig(affine_scale=(1.2, 0.9))
+    with pytest.raises(ValueError, match="affine_rotate"):
+        WildAugmentConfig(affine_rotate=90.0)
     with pytest.raises(ValueError, match="uint8"):
         WildAugment()(faces[0].astype(np.float32), np.random.default_rng(0))

@@ -77,11 +77,11 @@ def test_recipe_fine_tunes_on_utkface_reals_balanced_by_group(tiny_recipe, share
     from realface.recipe import PRESETS, finetune_stage
 
     faces = tiny_recipe.parent / "work" / "faces"
-    cfg = replace(PRESETS["tiny"], utk_reals=True, balance_groups=("race", "gender", "age"))
+    cfg = replace(PRESETS["tiny"], utk_reals=True, balance_groups=("race", "gender", "age"), affine_prob=0.5)
     data = [faces / "dfdc" / "manifest.csv", faces / "utkface"]
     finetune_stage(cfg, data, tmp_path / "ft", None, progress=False)
     config = ckpt.read_json(tmp_path / "ft" / "config.json")
-    assert config["data"] == [str(d) for d in data]
+    assert config["data"] == [str(d) for d in data] and config["augment"]["affine_prob"] == 0.5
     record = config["balance_groups"]
     assert record["columns"] == ["race", "gender", "age"]
     assert "ungrouped" in record["shares"] and len(record["shares"]) >= 3  # DFDC keeps its share; UTKFace's groups
@@ -90,6 +90,8 @@ def test_recipe_fine_tunes_on_utkface_reals_balanced_by_group(tiny_recipe, share
     assert (tmp_path / "ft" / "last" / "meta.json").read_text() == before
     with pytest.raises(RealfaceError, match="needs utk_reals or polish_epochs"):
         replace(PRESETS["tiny"], polish_epochs=0, balance_groups=("race",))
+    with pytest.raises(RealfaceError, match="affine_prob is a probability"):
+        replace(PRESETS["tiny"], affine_prob=2.0)
 
 
 def test_detect_uses_the_recipe_weights(tiny_recipe, shared_data, capsys):

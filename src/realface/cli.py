@@ -493,6 +493,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="batches with every labelled fake next to its own real (same group, frame and face)")
     _add_balance(f)
     f.add_argument("--no-augment", action="store_true", help="no in-the-wild augmentation")
+    f.add_argument("--affine", type=float, default=0.0, metavar="P",
+                   help="probability of a random zoom (0.9-1.1x), tilt (up to 8 degrees) and shift (up to 5%%) of each "
+                        "training face, as another face detector would have cropped it (default 0)")
     f.add_argument("--threshold-policy", default="eer",
                    help="eer, max_balanced_accuracy or target_fpr (with --target-fpr)")
     f.add_argument("--target-fpr", type=float, default=None,
@@ -511,8 +514,12 @@ def _init_model(name: str | None) -> Path | None:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
+    from realface.data.augment import WildAugmentConfig
     from realface.models.detectors import DetectorConfig, options_for
     from realface.train.finetune import finetune
+
+    if not 0.0 <= args.affine <= 1.0:
+        raise RealfaceError(f"--affine is a probability in [0, 1], got {args.affine}")
 
     given = {"blocks": args.rffr_blocks, "fusion_lambda": args.fusion_lambda, "corr_weight": args.corr_weight,
              "mask_weight": args.mask_weight}  # fmt: skip
@@ -541,7 +548,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         sbi_ratio=args.sbi_ratio if args.pseudo_fakes == "sbi" else 0.0,
         paired=args.paired,
         balance=_balance(args),
-        augment=not args.no_augment,
+        augment=None if args.no_augment else WildAugmentConfig(affine_prob=args.affine),
         threshold_policy=args.threshold_policy,
         threshold_params={"fpr": args.target_fpr} if args.target_fpr is not None else None,
         crop_size=args.crop_size,

@@ -58,6 +58,7 @@ class RecipeConfig:
     sbi_ratio: float = 0.5  # SBI pseudo-fakes per real training face (0 = none)
     labelled_fakes: bool = True  # train on DFDC's labelled fakes too
     paired: bool = True  # batches with every DFDC fake next to its own real (equal minutes: 0.803 -> 0.835)
+    affine_prob: float = 0.0  # fine-tuning faces randomly zoomed, tilted and shifted this often (WildAugmentConfig)
     utk_reals: bool = False  # fine-tune on the UTKFace shard's real photos too (all ages; SBI is made from them too)
     utk_every: int = 3  # fine-tuning and polish take every k-th of the shard's photos (pretraining takes them all)
     balance_groups: tuple[str, ...] = ()  # epochs with UTKFace reals drawn balanced over these columns (race, gender, age)
@@ -74,6 +75,8 @@ class RecipeConfig:
             raise RealfaceError("crops must be at least half the model's input side")
         if not self.labelled_fakes and self.sbi_ratio <= 0:
             raise RealfaceError("a detector needs fakes: keep labelled fakes or set an SBI ratio")
+        if not 0.0 <= self.affine_prob <= 1.0:
+            raise RealfaceError(f"affine_prob is a probability in [0, 1], got {self.affine_prob}")
         if self.utk_every < 1:
             raise RealfaceError("utk_every must be at least 1 (every photo)")
         if self.balance_groups and not (self.utk_reals or self.polish_epochs):
@@ -113,13 +116,13 @@ PRESETS: dict[str, RecipeConfig] = {
 PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "distill_weight", "decoder_dim",
                      "decoder_depth", "pretrain_epochs", "pretrain_batch", "pretrain_blr", "max_steps_per_epoch")
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
-                     "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "utk_reals",
+                     "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "affine_prob", "utk_reals",
                      "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch")
 POLISH_WARMUP = 0.2  # warmup epochs of the polish stage
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
 UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
-              "utk_reals": False, "utk_every": 1, "balance_groups": []}
+              "utk_reals": False, "utk_every": 1, "balance_groups": [], "affine_prob": 0.0}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -262,6 +265,7 @@ def finetune_stage(
     """Fine-tune a detector on the labelled manifests `data` (val = their split=val rows) from the pretraining run
     `pretrained` (None: random init), or continue the finished fine-tuning stage `init`, with the recipe's settings;
     resumes, and skips a finished run."""
+    from realface.data.augment import WildAugmentConfig
     from realface.eval.groups import Grouping
     from realface.models.detectors import DetectorConfig, options_for
     from realface.train.engine import TrainConfig
@@ -283,6 +287,7 @@ def finetune_stage(
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=0),
         pretrained=pretrained, init=init, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
+        augment=WildAugmentConfig(affine_prob=cfg.affine_prob),
         balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Augmentations that faces in the wild undergo: JPEG, resizing, blur, noise, colour shifts, flips.
+"""Augmentations that faces in the wild undergo: JPEG, resizing, blur, noise, colour shifts, flips, and the
+small shifts, zooms and tilts of a face found and cropped by another detector.
 
 Each is a small pure function `f(image, rng, ...) -> image` on an (H, W, 3) uint8 RGB image: all randomness
 comes from the `numpy.random.Generator` passed in, ranges are closed intervals `(low, high)` (pass
@@ -82,6 +83,40 @@ def reencode(image: np.ndarray, scale: float = 0.75, quality: int = 75) -> np.nd
     small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     back = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     return jpeg(back, np.random.default_rng(0), (quality, quality))
+
+
+def affine_matrix(
+    rng: np.random.Generator, height: int, width: int, scale: Range, shift: float, rotate: float
+) -> np.ndarray:
+    """(2, 3) matrix of a zoom by a factor from `scale` and a tilt by up to `rotate` degrees, both about the image
+    centre, then a shift by up to `shift` of the side in x and in y (uniform draws, in that order)."""
+    s = _uniform(rng, scale)
+    angle = _uniform(rng, (-rotate, rotate))
+    dx, dy = (_uniform(rng, (-shift, shift)) * side for side in (width, height))
+    m = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, s)
+    m[:, 2] += (dx, dy)
+    return m
+
+
+def affine(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    scale: Range = (0.9, 1.1),
+    shift: float = 0.05,
+    rotate: float = 8.0,
+    landmarks: np.ndarray | None = None,
+    pixel_map: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Zoom, tilt and shift (`affine_matrix`) an image, borders filled by reflection; its (68, 2) landmarks and an
+    (H, W) map of its pixels, when given, follow: (image, landmarks or None, map or None)."""
+    h, w = image.shape[:2]
+    m = affine_matrix(rng, h, w, scale, shift, rotate)
+    out = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    if landmarks is not None:
+        landmarks = np.asarray(landmarks, np.float64) @ m[:, :2].T + m[:, 2]
+    if pixel_map is not None:
+        pixel_map = cv2.warpAffine(pixel_map, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return out, landmarks, pixel_map
 
 
 _DOWN = (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_NEAREST)
@@ -175,8 +210,9 @@ def _check_prob(name: str, p: float) -> None:
 class WildAugmentConfig:
     """Which in-the-wild degradations `WildAugment` applies, how often and how strongly.
 
-    Applied in this order, each independently with its probability: flip, colour jitter, blur,
-    downscale, noise, JPEG (compression last, as when a video is re-uploaded).
+    Applied in this order, each independently with its probability: flip, zoom/tilt/shift, colour jitter, blur,
+    downscale, noise, JPEG (compression last, as when a video is re-uploaded). The zoom/tilt/shift is off by
+    default (`affine_prob` 0): with it off the draws are those of the configs made before it existed.
     """
 
     flip_prob: float = 0.5  # horizontal flip (landmarks follow)
@@ -193,9 +229,13 @@ class WildAugmentConfig:
     noise_std: Range = (1.0, 8.0)  # noise standard deviation, 0-255 units
     jpeg_prob: float = 0.5  # JPEG re-compression
     jpeg_quality: Range = (40, 100)  # JPEG quality, integers 1-100
+    affine_prob: float = 0.0  # zoom, tilt and shift together (another detector's crop of the same face)
+    affine_scale: Range = (0.9, 1.1)  # zoom factor
+    affine_shift: float = 0.05  # shift in x and in y, at most this fraction of the side
+    affine_rotate: float = 8.0  # tilt, at most this many degrees either way
 
     def __post_init__(self) -> None:
-        for name in ("flip_prob", "color_prob", "blur_prob", "resize_prob", "noise_prob", "jpeg_prob"):
+        for name in ("flip_prob", "color_prob", "blur_prob", "resize_prob", "noise_prob", "jpeg_prob", "affine_prob"):
             _check_prob(name, getattr(self, name))
         for name in ("brightness", "contrast", "saturation"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -206,6 +246,10 @@ class WildAugmentConfig:
         _check_range("resize_scale", self.resize_scale, 1e-3, 1.0)
         _check_range("noise_std", self.noise_std, 0.0, 255.0)
         _check_range("jpeg_quality", self.jpeg_quality, 1, 100)
+        _check_range("affine_scale", self.affine_scale, 0.5, 2.0)
+        if not 0.0 <= self.affine_shift <= 0.5 or not 0.0 <= self.affine_rotate <= 45.0:
+            raise ValueError(f"affine_shift must be in [0, 0.5] and affine_rotate in [0, 45] degrees, got "
+                             f"{self.affine_shift} and {self.affine_rotate}")  # fmt: skip
 
 
 class WildAugment:
@@ -217,14 +261,15 @@ class WildAugment:
     def __call__(
         self, image: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Augment an (H, W, 3) uint8 RGB image; (68, 2) landmarks, when given, follow the flip."""
+        """Augment an (H, W, 3) uint8 RGB image; (68, 2) landmarks, when given, follow the flip and the affine."""
         out, landmarks, _ = self._apply(image, rng, landmarks, None)
         return out, landmarks
 
     def with_map(
         self, image: np.ndarray, rng: np.random.Generator, pixel_map: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Augment an image and an (H, W) map of its pixels (e.g. where it was forged): the map follows the flip.
+        """Augment an image and an (H, W) map of its pixels (e.g. where it was forged): the map follows the flip
+        and the affine.
 
         The image gets exactly what `__call__` would give it with a generator in the same state.
         """
@@ -248,6 +293,9 @@ class WildAugment:
             out, landmarks = hflip(out, landmarks)
             if pixel_map is not None:
                 pixel_map = np.ascontiguousarray(pixel_map[:, ::-1])
+        if cfg.affine_prob > 0 and rng.random() < cfg.affine_prob:  # no draw when off: older configs' draws stay
+            out, landmarks, pixel_map = affine(out, rng, cfg.affine_scale, cfg.affine_shift, cfg.affine_rotate,
+                                               landmarks, pixel_map)  # fmt: skip
         if apply[1]:
             out = color_jitter(out, rng, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
         if apply[2]:

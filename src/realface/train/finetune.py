@@ -9,7 +9,7 @@ validation face's score goes to RUN/val_scores.csv (`eval.report` format) for an
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +187,7 @@ def finetune(
     sbi_ratio: float = 0.0,
     paired: bool = False,
     balance: Grouping | None = None,
-    augment: bool = True,
+    augment: WildAugmentConfig | None = WildAugmentConfig(),
     threshold_policy: str = "eer",
     threshold_params: dict[str, float] | None = None,
     crop_size: int | None = None,
@@ -270,7 +270,7 @@ def finetune(
             out.mkdir(parents=True, exist_ok=True)
             cache = CropCache(out / f".crops-{dist_info.rank}.u8", train_records + val_records, pre.crop.size)
         train_set = DetectionFaces(
-            items, pre, seed=train_cfg.seed, augment=WildAugmentConfig() if augment else None,
+            items, pre, seed=train_cfg.seed, augment=augment,
             mask_grid=detector_cfg.grid if detector_cfg.options.cell_targets else None, cache=cache,
         )  # fmt: skip
         val_set = None
@@ -290,6 +290,7 @@ def finetune(
             "labelled_fakes": labelled_fakes,
             "sbi_ratio": sbi_ratio,
             "paired": paired,
+            "augment": None if augment is None else asdict(augment),
             "num_train": len(items),
             "num_val": len(val_set) if val_set else 0,
         }
