@@ -313,3 +313,21 @@ def test_fairness_benchmark_draws_from_the_shard_preprocess_takes(tiny_model: Pa
     overall = groups["overall"]
     assert f"| all faces | 20 | {overall['fpr']:.3f} [" in text and "- overall FPR <= 0.1: **" in text
     assert text.count("interval included: **") == 3 and text in done.stdout
+
+
+def test_fairness_power_simulates_groups_served_alike() -> None:
+    """benchmarks/fairness_power.py: data sets where every group has the same false-positive rate. With no false
+    alarms there is no gap and no interval above 0; with some, the highest-minus-lowest gap is positive by chance
+    alone, its interval's upper end above it, and both shrink as the groups grow."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fairness_power.py"
+    spec = importlib.util.spec_from_file_location("fairness_power", script)
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    none = power.simulate({"a": 50, "b": 80}, 0.0, 3, 50, 0)
+    assert none.shape == (3, 2) and not none.any()
+    small = power.simulate({"a": 100, "b": 100, "c": 100}, 0.05, 20, 100, 0)
+    large = power.simulate({"a": 4000, "b": 4000, "c": 4000}, 0.05, 20, 100, 0)
+    assert (small[:, 0] >= 0).all() and (small[:, 1] >= small[:, 0]).all() and np.median(small[:, 0]) > 0
+    assert np.median(large[:, 1]) < np.median(small[:, 1]) / 3  # 40x the faces: about a sixth of the width
