@@ -211,6 +211,7 @@ def finetune(
     run into a memory-mapped file in `out` (`CropCache`, removed at the end) instead of once per epoch.
     balance: draw each epoch so every group of people in these manifest columns has the same share
     (`realface.data.balance`); not with `paired`.
+    augment: the in-the-wild augmentation of training faces (None: none); recorded in config.json.
     init: continue from a trained detector (a finetune run or exported weights, `realface.bundle.load_bundle`)
     instead of a pretrained encoder: its architecture, input side and normalization are kept, while the
     training-time fields of `detector_cfg` (drop_path, label_smoothing, layer_decay, freeze) apply; e.g. to
