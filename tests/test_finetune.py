@@ -175,3 +175,36 @@ def test_init_continues_from_a_trained_detector(antispoof, tmp_path):
     # a pretraining run and a trained detector are two different starts
     both = ["finetune", "--out", str(tmp_path / "x"), "--init", str(first), "--pretrained", str(first), *common]
     assert main(both) == 2
+
+
+def test_teacher_loss_is_zero_at_the_teacher_and_pulls_toward_it():
+    from realface.train.finetune import teacher_loss
+
+    teacher = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    assert teacher_loss(teacher.log(), teacher).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.zeros(3, 2, requires_grad=True)
+    before = teacher_loss(logits, teacher)
+    before.backward()
+    with torch.no_grad():
+        after = teacher_loss(logits - 1.0 * logits.grad, teacher)
+    assert before.item() > 0 and after.item() < before.item()
+    assert (logits.grad[:, 1] > 0).tolist() == [True, False, False]  # p(fake) pushed down where the teacher says real
+
+
+def test_a_student_learns_from_teachers_that_take_its_faces(antispoof, tmp_path):
+    """--teacher: the run records its teachers and logs the teachers' loss each step; a teacher that takes other
+    faces (another input side) is refused in one line before training."""
+    common = ["--data", str(antispoof), "--model", "resnet18", "--crop-size", "64", *FAST]
+    teacher = tmp_path / "teacher"
+    assert main(["finetune", "--out", str(teacher), "--img-size", "64", *common]) == 0
+    student = tmp_path / "student"
+    assert main(["finetune", "--out", str(student), "--img-size", "64", "--teacher", str(teacher), str(teacher),
+                 "--teacher-weight", "0.5", *common]) == 0  # fmt: skip
+    config = ckpt.read_json(student / "config.json")
+    assert config["teachers"] == [str(teacher)] * 2 and config["teacher_weight"] == 0.5
+    with (student / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(float(r["teacher"]) > 0 for r in rows)
+    assert main(["finetune", "--out", str(tmp_path / "other"), "--img-size", "96", "--teacher", str(teacher), *common]) == 2
+    assert main(["finetune", "--out", str(tmp_path / "neg"), "--img-size", "64", "--teacher", str(teacher),
+                 "--teacher-weight", "-1", *common]) == 2  # fmt: skip

@@ -500,6 +500,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="eer, max_balanced_accuracy or target_fpr (with --target-fpr)")
     f.add_argument("--target-fpr", type=float, default=None,
                    help="target_fpr: the highest false-positive rate allowed on validation, e.g. 0.01")
+    f.add_argument("--teacher", type=Path, nargs="+", default=[], metavar="RUN_OR_WEIGHTS",
+                   help="trained detectors taking the same faces (e.g. runs of other seeds): the student also learns "
+                        "their mean p(fake) on every training face (knowledge distillation)")
+    f.add_argument("--teacher-weight", type=float, default=1.0,
+                   help="weight of the teachers' loss (KL divergence from their mean class probabilities)")
     _add_train_arguments(p, epochs=5, batch=64, blr=5e-4, wd=0.05)
     p.set_defaults(handler=_run_finetune)
 
@@ -520,6 +525,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.affine <= 1.0:
         raise RealfaceError(f"--affine is a probability in [0, 1], got {args.affine}")
+    if args.teacher_weight < 0:
+        raise RealfaceError(f"--teacher-weight must be >= 0, got {args.teacher_weight}")
 
     given = {"blocks": args.rffr_blocks, "fusion_lambda": args.fusion_lambda, "corr_weight": args.corr_weight,
              "mask_weight": args.mask_weight}  # fmt: skip
@@ -551,6 +558,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         augment=None if args.no_augment else WildAugmentConfig(affine_prob=args.affine),
         threshold_policy=args.threshold_policy,
         threshold_params={"fpr": args.target_fpr} if args.target_fpr is not None else None,
+        teachers=args.teacher,
+        teacher_weight=args.teacher_weight,
         crop_size=args.crop_size,
         keep_img_size=args.img_size is not None,
         cache_crops=not args.no_crop_cache,

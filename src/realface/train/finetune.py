@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -68,20 +69,46 @@ def score_dataset(
     return score_batches(model, (b["image"] for b in loader), device, flip=flip)
 
 
-class FinetuneTask:
-    """Plugs a detector into `fit`; selects on validation AUC when a validation set is given."""
+def teacher_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) over the two classes, mean over the batch: the student learns the teachers' p(fake)
+    for each face, not only its label (knowledge distillation, Hinton et al. 2015, at temperature 1)."""
+    return F.kl_div(F.log_softmax(student_logits.float(), dim=1), teacher_probs.float(), reduction="batchmean")
 
-    def __init__(self, val_set: DetectionFaces | None, batch_size: int, workers: int) -> None:
+
+class FinetuneTask:
+    """Plugs a detector into `fit`; selects on validation AUC when a validation set is given.
+
+    teachers: trained detectors (eval mode, on the training device) whose mean class probabilities on each training
+    batch the student also learns, with weight `teacher_weight` (`teacher_loss`); e.g. an ensemble distilled into one
+    model of one model's inference cost.
+    """
+
+    def __init__(
+        self,
+        val_set: DetectionFaces | None,
+        batch_size: int,
+        workers: int,
+        teachers: list[nn.Module] = (),
+        teacher_weight: float = 1.0,
+    ) -> None:
         self.val_set = val_set
         self.batch_size = batch_size
         self.workers = workers
+        self.teachers = list(teachers)
+        self.teacher_weight = teacher_weight
         self.progress = 0.0  # fraction of training done, for annealed loss terms
         self.selection = ("val_auc", "max") if val_set is not None else ("train_loss", "min")
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         core = getattr(model, "module", model)  # the detector inside DDP
         out = model(batch["image"])
-        return core.loss(out, batch["label"], self.progress, targets=batch)
+        loss, parts = core.loss(out, batch["label"], self.progress, targets=batch)
+        if self.teachers:
+            with torch.no_grad():
+                probs = torch.stack([t(batch["image"]).logits.float().softmax(dim=1) for t in self.teachers]).mean(dim=0)
+            taught = teacher_loss(out.logits, probs)
+            loss, parts = loss + self.teacher_weight * taught, {**parts, "teacher": taught.detach()}
+        return loss, parts
 
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         self.progress = (step + 1) / total_steps
@@ -174,6 +201,22 @@ def fit_decision(
     }
 
 
+def _load_teachers(paths: list[Path], pre: Preprocessing, device: torch.device, layout: torch.memory_format) -> list[nn.Module]:
+    """The teacher detectors, checked to take the student's faces: same input side, normalization and crops."""
+    from realface.bundle import load_bundle
+
+    teachers = []
+    for path in paths:
+        bundle = load_bundle(path, device)
+        theirs, ours = bundle.pre.to_dict(), pre.to_dict()
+        if theirs != ours:
+            differ = ", ".join(f"{k} {theirs.get(k)} against {ours.get(k)}" for k in sorted(set(theirs) | set(ours))
+                               if theirs.get(k) != ours.get(k))  # fmt: skip
+            raise RealfaceError(f"teacher {path} takes other faces than the student: {differ}")
+        teachers.append(bundle.detector.to(memory_format=layout).requires_grad_(False))
+    return teachers
+
+
 def finetune(
     data: list[Path],
     out: Path,
@@ -190,6 +233,8 @@ def finetune(
     augment: WildAugmentConfig | None = WildAugmentConfig(),
     threshold_policy: str = "eer",
     threshold_params: dict[str, float] | None = None,
+    teachers: list[Path] = (),
+    teacher_weight: float = 1.0,
     crop_size: int | None = None,
     keep_img_size: bool = False,
     cache_crops: bool = True,
@@ -216,6 +261,8 @@ def finetune(
     instead of a pretrained encoder: its architecture, input side and normalization are kept, while the
     training-time fields of `detector_cfg` (drop_path, label_smoothing, layer_decay, freeze) apply; e.g. to
     teach the shipped model a user's own real photos.
+    teachers: trained detectors (finetune runs or exported weights) taking the same faces as this one, whose mean
+    p(fake) the student learns besides the labels, with weight teacher_weight (`FinetuneTask`).
     """
     from realface.bundle import load_bundle
     from realface.models.pretrained import load_pretrainer
@@ -278,7 +325,9 @@ def finetune(
         if val_records:
             val_set = DetectionFaces(build_items(val_records), pre, seed=train_cfg.seed, cache=cache)
         micro = train_cfg.micro_batch(dist_info.world_size)
-        task = FinetuneTask(val_set, micro, train_cfg.workers)
+        layout = encoder_info(detector_cfg.encoder).layout
+        task = FinetuneTask(val_set, micro, train_cfg.workers, _load_teachers(teachers, pre, dist_info.device, layout),
+                            teacher_weight)  # fmt: skip
         run_config = {
             "kind": "detector",
             "detector": detector_cfg.to_dict(),
@@ -295,6 +344,8 @@ def finetune(
             "num_train": len(items),
             "num_val": len(val_set) if val_set else 0,
         }
+        if teachers:
+            run_config.update(teachers=[str(t) for t in teachers], teacher_weight=teacher_weight)
         groups = param_groups(
             detector,
             train_cfg.weight_decay,
@@ -324,7 +375,7 @@ def finetune(
             resume=resume,
             progress=progress,
             max_steps_per_epoch=max_steps_per_epoch,
-            layout=encoder_info(detector_cfg.encoder).layout,
+            layout=layout,
         )
         if dist_info.is_main and val_set is not None:
             detector.load_state_dict(ckpt.load_weights(out / "best" / ckpt.WEIGHTS))
