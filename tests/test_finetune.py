@@ -208,3 +208,18 @@ def test_a_student_learns_from_teachers_that_take_its_faces(antispoof, tmp_path)
     assert main(["finetune", "--out", str(tmp_path / "other"), "--img-size", "96", "--teacher", str(teacher), *common]) == 2
     assert main(["finetune", "--out", str(tmp_path / "neg"), "--img-size", "64", "--teacher", str(teacher),
                  "--teacher-weight", "-1", *common]) == 2  # fmt: skip
+
+
+def test_ensemble_runs_averages_the_runs_logits(tmp_path):
+    """benchmarks/ensemble_runs.py: two runs that each rank one fake below a real; their mean logit ranks all
+    fakes first (AUC 1), which neither run does alone (AUC 0.75 each)."""
+    header = "dataset,path,source,frame,face,video,group,label,score,confidence,verdict\n"
+    cases = {"a": [0.1, 0.6, 0.5, 0.9], "b": [0.1, 0.6, 0.9, 0.5]}  # faces: real, real, fake, fake
+    for run, scores in cases.items():
+        (tmp_path / run).mkdir()
+        rows = [f"val,f{i}.png,,-1,0,,g{i},{int(i >= 2)},{s},," for i, s in enumerate(scores)]
+        (tmp_path / run / "val_scores.csv").write_text(header + "\n".join(rows) + "\n")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ensemble_runs.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b"), "--bootstrap", "20"],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert "| a | 0.750" in out and "| b | 0.750" in out and "| ensemble (mean logit) | 1.000" in out
