@@ -27,9 +27,13 @@ python3 -m realface finetune --data $DATA --out /tmp/probe --epochs 1 --max-step
 epochs=$(python3 - "$SECONDS_BUDGET" "$start" <<'EOF'
 import csv, json, sys, time
 budget, start = float(sys.argv[1]), float(sys.argv[2])
-rate = float(list(csv.DictReader(open("/tmp/probe/log.csv")))[-1]["images_per_s"])  # cold crop cache: a low bound
-items = json.load(open("/tmp/probe/config.json"))["num_train"]
-per_epoch = 1.1 * items / rate + 3.0  # + workers' start, validation and checkpoints
+config = json.load(open("/tmp/probe/config.json"))
+items, batch = config["num_train"], config["train"]["batch_size"]
+rows = list(csv.DictReader(open("/tmp/probe/log.csv")))  # images_per_s: faces/s since the epoch began
+elapsed = [int(r["step"]) * batch / float(r["images_per_s"]) for r in rows]
+half = len(rows) // 2
+rate = (len(rows) - half) * batch / (elapsed[-1] - elapsed[half - 1])  # the second half: workers started
+per_epoch = 1.2 * items / rate + 3.0  # + first-read crops, workers' start, validation and checkpoints
 left = budget - (time.time() - start)
 print(max(1, min(80, int(left / per_epoch))))
 print(f"probe: {rate:.0f} faces/s, {items} items an epoch, {per_epoch:.1f} s an epoch, {left:.0f} s left", file=sys.stderr)
