@@ -5,7 +5,8 @@ fine-tuning epochs, the DFDC val AUC of its selected epoch with a 95% cluster-bo
 column (a source video and its fakes; from the run's own val_scores.csv, the whole val split), its val AUC
 after each epoch, and its compute: the faces it trained on (pretraining + fine-tuning) and, with --rates, the
 minutes those take on an idle machine of this kind at the measured training rates (faces/s per encoder, side
-and stage; e.g. from `benchmarks/bench_encoders.py`). Equal compute means equal idle minutes, not equal steps:
+and stage; e.g. from `benchmarks/bench_encoders.py`). A run distilled from teachers (`finetune --teacher`) is not
+priced: their forward passes slow its steps, and their own training is part of its compute. Equal compute means equal idle minutes, not equal steps:
 runs measured while other jobs shared the cores cannot be compared by their wall time.
 
     python benchmarks/ablation_runs.py runs/ftA runs/ftP96 [--rates rates.json] [--bootstrap 1000]
@@ -51,6 +52,9 @@ def describe(run: Path, rates: dict, bootstrap: int) -> dict:
     faces = config["num_train"] * epochs
     key = rate_key(f"{det['encoder']}@{det['img_size']}", config, rates.get("finetune", {}))
     minutes = faces / rates["finetune"][key] / 60 if key in rates.get("finetune", {}) else None
+    teachers = [Path(t).name for t in config.get("teachers", [])]
+    if teachers:  # their forward passes slow every step, and their own training is compute too: not priced
+        minutes = None
     pretraining = "none"
     if config.get("pretrained"):
         pre_run = Path(config["pretrained"])
@@ -73,7 +77,8 @@ def describe(run: Path, rates: dict, bootstrap: int) -> dict:
     return {
         "run": str(run), "encoder": det["encoder"], "img_size": det["img_size"], "detector": det["name"],
         "pretraining": pretraining, "epochs": epochs, "batch": train["batch_size"], "blr": train["base_lr"],
-        "sbi_ratio": config.get("sbi_ratio"), "paired": config.get("paired", False), "faces_trained": faces,
+        "sbi_ratio": config.get("sbi_ratio"), "paired": config.get("paired", False), "teachers": teachers,
+        "faces_trained": faces,
         "idle_minutes": None if minutes is None else round(minutes, 1), "val_auc": round(auc, 3),
         "ci": [round(lo, 3), round(hi, 3)], "val_auc_per_epoch": per_epoch,
     }  # fmt: skip
@@ -93,7 +98,7 @@ def main() -> None:
     for r in rows:
         tune = f"{r['detector']}, {r['epochs']} ep, batch {r['batch']}, blr {r['blr']:g}, SBI {r['sbi_ratio']}" + (
             ", paired" if r["paired"] else ""
-        )
+        ) + (f", teachers {' + '.join(r['teachers'])}" if r["teachers"] else "")
         print(
             f"| {Path(r['run']).name} | {r['encoder']} {r['img_size']} px | {r['pretraining']} | {tune} | "
             f"{r['faces_trained']:,} | {r['idle_minutes'] if r['idle_minutes'] is not None else '-'} | "

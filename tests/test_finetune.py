@@ -205,6 +205,13 @@ def test_a_student_learns_from_teachers_that_take_its_faces(antispoof, tmp_path)
     with (student / "log.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(float(r["teacher"]) > 0 for r in rows)
+    rates = tmp_path / "rates.json"
+    rates.write_text(json.dumps({"finetune": {"resnet18@64:channels_last": 10.0}}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_runs.py"
+    table = subprocess.run([sys.executable, str(script), str(teacher), str(student), "--rates", str(rates), "--bootstrap", "10"],
+                           check=True, capture_output=True, text=True).stdout.splitlines()  # fmt: skip
+    assert "| 74 | 0.1 |" in table[2] and "teachers" not in table[2]  # 74 faces x 1 epoch at 10 faces/s: priced
+    assert "teachers teacher + teacher" in table[3] and "| - |" in table[3]  # the student: not priced
     assert main(["finetune", "--out", str(tmp_path / "other"), "--img-size", "96", "--teacher", str(teacher), *common]) == 2
     assert main(["finetune", "--out", str(tmp_path / "neg"), "--img-size", "64", "--teacher", str(teacher),
                  "--teacher-weight", "-1", *common]) == 2  # fmt: skip
