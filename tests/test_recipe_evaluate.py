@@ -129,3 +129,25 @@ def test_every_recipe_preset_can_be_named_on_the_command_line():
     assert cpu.polish_epochs == fair.polish_epochs > 0 == dfdc.polish_epochs  # the default polishes with UTKFace photos
     assert (cpu.utk_every, fair.utk_every) == (3, 1)  # on a third of them; cpu-fair on all
     assert cpu.paired and not PRESETS["cpu-vit"].paired  # paired batches since 2026-12-04; the old chain as it was
+
+
+def test_recipe_distils_teachers_it_trains_first(shared_data, tmp_path):
+    """teachers=1: the recipe fine-tunes a teacher (seed 1) before the detector, which learns from it
+    (`finetune --teacher`); the card says so. A teacher remade with other settings is not reused silently."""
+    from dataclasses import replace
+
+    from realface.errors import RealfaceError
+    from realface.recipe import PRESETS, run_recipe
+
+    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_epochs=0, teachers=1, teacher_weight=0.5)
+    work = tmp_path / "work"
+    card = run_recipe(shared_data, work, cfg, export_to=tmp_path / "weights", preset="tiny", progress=False)
+    teacher, student = (ckpt.read_json(work / name / "config.json") for name in ("teacher1", "finetune"))
+    assert teacher["train"]["seed"] == 1 and "teachers" not in teacher
+    assert student["train"]["seed"] == 0 and student["teachers"] == [str(work / "teacher1")]
+    assert student["teacher_weight"] == 0.5 and set(card["wall_time_s"]) >= {"teacher 1", "finetune"}
+    assert "mean p(fake) of 1 teacher detectors" in (tmp_path / "weights" / "MODEL_CARD.md").read_text()
+    with pytest.raises(RealfaceError, match=r"teacher1 was made with other recipe settings \(layer_decay differ"):
+        run_recipe(shared_data, work, replace(cfg, layer_decay=0.9), export_to=tmp_path / "other", progress=False)
+    with pytest.raises(RealfaceError, match="teachers must be >= 0"):
+        replace(cfg, teachers=-1)

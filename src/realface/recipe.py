@@ -62,6 +62,9 @@ class RecipeConfig:
     utk_reals: bool = False  # fine-tune on the UTKFace shard's real photos too (all ages; SBI is made from them too)
     utk_every: int = 3  # fine-tuning and polish take every k-th of the shard's photos (pretraining takes them all)
     balance_groups: tuple[str, ...] = ()  # epochs with UTKFace reals drawn balanced over these columns (race, gender, age)
+    teachers: int = 0  # first fine-tune this many teachers (seeds 1, 2, ...), then distil their mean into the detector
+    teacher_epochs: int | None = None  # each teacher's fine-tuning epochs (None: finetune_epochs)
+    teacher_weight: float = 1.0  # weight of the teachers' loss (finetune --teacher-weight)
     polish_epochs: int = 2  # then continue the fine-tuned detector this many epochs with the UTKFace shard's reals added
     polish_blr: float = 1e-3  # base learning rate of that continuation (a quarter of fine-tuning's)
     workers: int = 2  # data loader processes (and preprocess workers)
@@ -81,6 +84,8 @@ class RecipeConfig:
             raise RealfaceError("utk_every must be at least 1 (every photo)")
         if self.balance_groups and not (self.utk_reals or self.polish_epochs):
             raise RealfaceError("balance_groups needs utk_reals or polish_epochs: only the UTKFace faces carry group columns")
+        if self.teachers < 0 or (self.teacher_epochs is not None and self.teacher_epochs < 1) or self.teacher_weight < 0:
+            raise RealfaceError("teachers must be >= 0, teacher_epochs >= 1 and teacher_weight >= 0")
         if self.balance_groups and self.paired:
             raise RealfaceError("paired and balance_groups each set the fine-tuning order: choose one")
 
@@ -118,12 +123,13 @@ PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "
                      "decoder_depth", "pretrain_epochs", "pretrain_batch", "pretrain_blr", "max_steps_per_epoch")
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
                      "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "affine_prob", "utk_reals",
-                     "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch")
+                     "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch", "teacher_weight")
 POLISH_WARMUP = 0.2  # warmup epochs of the polish stage
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
 UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
-              "utk_reals": False, "utk_every": 1, "balance_groups": [], "affine_prob": 0.0}
+              "utk_reals": False, "utk_every": 1, "balance_groups": [], "affine_prob": 0.0, "teacher_weight": 1.0,
+              "seed": 0, "teachers": []}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -260,12 +266,14 @@ def finetune_stage(
     pretrained: Path | None,
     *,
     init: Path | None = None,
+    teachers: list[Path] = (),
+    seed: int = 0,
     device: str = "auto",
     progress: bool = True,
 ) -> None:
     """Fine-tune a detector on the labelled manifests `data` (val = their split=val rows) from the pretraining run
-    `pretrained` (None: random init), or continue the finished fine-tuning stage `init`, with the recipe's settings;
-    resumes, and skips a finished run."""
+    `pretrained` (None: random init), or continue the finished fine-tuning stage `init`, with the recipe's settings,
+    distilling the finished stages `teachers` if any; resumes, and skips a finished run."""
     from realface.data.augment import WildAugmentConfig
     from realface.eval.groups import Grouping
     from realface.models.detectors import DetectorConfig, options_for
@@ -274,9 +282,11 @@ def finetune_stage(
 
     # A fine-tuning run depends on its pretraining too: a run remade with other settings must not be reused.
     names = FINETUNE_SETTINGS + (PRETRAIN_SETTINGS if pretrained is not None else ("encoder", "img_size"))
-    more: dict[str, Any] = {"data": [str(d) for d in data], "pretrained": pretrained}
+    more: dict[str, Any] = {"data": [str(d) for d in data], "pretrained": pretrained, "seed": seed}
     if init is not None:  # and on the stage it continues
         more["init"] = {"run": str(init), "settings": json.loads((Path(init) / STAGE_FILE).read_text())}
+    # and on its teachers (a teacher remade with other settings makes another student)
+    more["teachers"] = [{"run": str(t), "settings": json.loads((Path(t) / STAGE_FILE).read_text())} for t in teachers]
     if _stage_done(run, cfg.finetune_epochs, _settings(cfg, names, **more)):
         return
     finetune(
@@ -286,8 +296,8 @@ def finetune_stage(
                                     options=options_for(cfg.detector, {"blocks": cfg.rffr_blocks, "mae_mask_cell": cfg.mask_cell,
                                                                        "mask_weight": cfg.mask_weight}, strict=False)),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
-                              warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=0),
-        pretrained=pretrained, init=init, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
+                              warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=seed),
+        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
         augment=WildAugmentConfig(affine_prob=cfg.affine_prob),
         balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
@@ -365,9 +375,15 @@ def run_recipe(
         with stage("pretrain"):
             pretrain_stage(cfg, [faces / "utkface", reals], pre_run, device=device, progress=progress)
 
+    ft_data = [dfdc, *([utk] if cfg.utk_reals else [])]
+    teachers = [work / f"teacher{k}" for k in range(1, cfg.teachers + 1)]
+    for k, run in enumerate(teachers, start=1):
+        with stage(f"teacher {k}"):
+            finetune_stage(replace(cfg, finetune_epochs=cfg.teacher_epochs or cfg.finetune_epochs), ft_data, run, pre_run,
+                           seed=k, device=device, progress=progress)  # fmt: skip
     ft_run = work / "finetune"
     with stage("finetune"):
-        finetune_stage(cfg, [dfdc, *([utk] if cfg.utk_reals else [])], ft_run, pre_run, device=device, progress=progress)
+        finetune_stage(cfg, ft_data, ft_run, pre_run, teachers=teachers, device=device, progress=progress)
     final = ft_run
     if cfg.polish_epochs:
         final = work / "polish"
@@ -494,6 +510,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
            f" {r['pretrain_epochs']} epochs), then " if r.get("pretrain_epochs") else "from random weights (no pretraining), ")
         + f"fine-tuned as a `{r['detector']}` detector for {card.get('finetune_epochs_done', r['finetune_epochs'])} of"
         f" {r['finetune_epochs']} epochs (best epoch {card.get('best_epoch', '?')} on val)"
+        + (f" while learning the mean p(fake) of {r['teachers']} teacher detectors trained the same way"
+           f" ({r.get('teacher_epochs') or r['finetune_epochs']} epochs each, seeds 1-{r['teachers']})" if r.get("teachers") else "")
         + (f", then continued for {card['polish']['epochs_done']} epoch(s) with UTKFace reals added (see Data)"
            if card.get("polish") else "")
         + (f", with the forgery-mask loss (weight {r['mask_weight']}) and its cell head." if r.get("mask_weight")
