@@ -7,7 +7,7 @@ and on the FF++ sample videos.
 
 Every stage resumes: preprocessing skips what its journal holds, training continues from its last epoch,
 and a finished stage is not run again. Presets size the chain: `tiny` (tests, a minute), `cpu` (about
-two hours on 2 cores), `gpu` (the cpu chain with 15 fine-tuning epochs: minutes on one GPU).
+two hours on 2 cores), `gpu` (two teachers and their distilled student: minutes on one GPU).
 """
 
 from __future__ import annotations
@@ -111,11 +111,10 @@ PRESETS: dict[str, RecipeConfig] = {
     "cpu-fair": RecipeConfig(utk_every=1),
     # The cpu chain without the polish: DFDC video frames are its only reals.
     "cpu-dfdc": RecipeConfig(polish_epochs=0),
-    # The cpu chain with 15 fine-tuning epochs, as measured on a lent H200 (2026-12-04, BENCHMARKS.md "On a GPU"):
-    # loader-bound at about 1,350 faces/s with 15 loader processes, 4 minutes for what takes the 2-core CPU 104 idle
-    # minutes, DFDC val 0.840 (ftL96, the same 15 epochs on the CPU: 0.836). Bigger encoders, inputs or pretraining
-    # are untested on a GPU here; the CPU ablation found none of them paying at its budget.
-    "gpu": RecipeConfig(finetune_epochs=15, workers=max(2, (os.cpu_count() or 3) - 1)),
+    # Two teachers, each the cpu chain's fine-tuning at 15 epochs, then the detector fine-tuned 12 epochs as their
+    # student and polished like `cpu` (BENCHMARKS.md "Distilling two runs into one"). On an H200 each 15-epoch
+    # fine-tuning took 4.3 minutes, loader-bound at about 1,350 faces/s with 15 loader processes ("On a GPU").
+    "gpu": RecipeConfig(teachers=2, teacher_epochs=15, workers=max(2, (os.cpu_count() or 3) - 1)),
 }  # fmt: skip
 
 
