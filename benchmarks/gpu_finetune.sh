@@ -49,16 +49,14 @@ mkdir -p "$OUT"
 python3 - "$OUT" <<'EOF'
 import sys
 from pathlib import Path
-import torch
 from safetensors.torch import load_file, save_file
 out = Path(sys.argv[1])
-weights = load_file("/tmp/run/best/model.safetensors")
-half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-keys, total, first = list(half), sum(v.numel() * v.element_size() for v in half.values()), {}
-for k in keys:
-    if sum(v.numel() * v.element_size() for v in first.values()) >= total / 2:
+half = {k: v.half() if v.is_floating_point() else v for k, v in load_file("/tmp/run/best/model.safetensors").items()}
+total, filled, first = sum(v.nbytes for v in half.values()), 0, {}
+for k, v in half.items():  # the first tensors up to half the bytes, then the rest: each file under 16 MiB
+    if filled >= total / 2:
         break
-    first[k] = half[k]
+    first[k], filled = v, filled + v.nbytes
 save_file(first, str(out / "best-1.safetensors"))
 save_file({k: v for k, v in half.items() if k not in first}, str(out / "best-2.safetensors"))
 EOF

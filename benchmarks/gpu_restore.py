@@ -23,9 +23,8 @@ from realface.bundle import load_bundle
 from realface.data.labelled import DetectionFaces, build_items
 from realface.eval.metrics import roc_auc
 from realface.faces.manifest import read_face_manifest
-from realface.eval.report import write_scores_csv
 from realface.train import checkpoint as ckpt
-from realface.train.finetune import VAL_SCORES, fit_decision, score_dataset, split_records, val_face_scores
+from realface.train.finetune import VAL_SCORES, record_validation, score_dataset, split_records
 
 
 def main() -> None:
@@ -51,8 +50,7 @@ def main() -> None:
     _, val = split_records(read_face_manifest(args.val))
     dataset = DetectionFaces(build_items(val), bundle.pre)
     probs, uncertainty = score_dataset(bundle.detector, dataset, batch_size=64, workers=args.workers)
-    write_scores_csv(val_face_scores(dataset, probs, uncertainty), args.run / VAL_SCORES)
-    ckpt.write_json(args.run / ckpt.DECISION, fit_decision(dataset.labels(), probs, uncertainty))
+    record_validation(args.run, dataset, probs, uncertainty)
     print(f"{args.run}: DFDC val AUC {roc_auc(dataset.labels(), probs):.4f} on {len(probs)} faces at their original quality")
 
 

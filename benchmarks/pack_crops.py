@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from realface.faces.manifest import crop_settings_file
+
 INDEX = "pack.json"  # {"manifests": [...], "crops": [[crop path, offset in CROPS, bytes, original side], ...]}
 CROPS = "crops.webp.bin"  # the crops' WebP files one after another
 
@@ -38,14 +40,9 @@ def _crop_paths(manifest: Path, root: Path) -> list[Path]:
 
 
 def _settings_files(crops: list[Path], root: Path) -> set[Path]:
-    """The preprocess.json files (relative to `root`) that hold the crops' settings: the nearest one up each path."""
-    found = set()
-    for folder in {c.parent for c in crops}:
-        for parent in [folder, *folder.parents]:
-            if (root / parent / "preprocess.json").is_file():
-                found.add(parent / "preprocess.json")
-                break
-    return found
+    """The preprocess.json files (relative to `root`) that hold the crops' settings."""
+    found = {crop_settings_file(root / folder) for folder in {c.parent for c in crops}}
+    return {f.relative_to(root.absolute()) for f in found if f is not None}
 
 
 def _encode(job: tuple[Path, int, int]) -> tuple[bytes, int]:

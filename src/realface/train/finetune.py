@@ -201,6 +201,22 @@ def fit_decision(
     }
 
 
+def record_validation(
+    run: Path,
+    val_set: DetectionFaces,
+    probs: np.ndarray,
+    uncertainty: np.ndarray | None,
+    policy: str = "eer",
+    policy_params: dict[str, float] | None = None,
+) -> dict:
+    """Write what the selected checkpoint's validation scores decide into `run`: the decision rule
+    (`fit_decision`, decision.json) and every validation face's score (val_scores.csv); returns the rule."""
+    decision = fit_decision(val_set.labels(), probs, uncertainty, policy, policy_params)
+    ckpt.write_json(run / ckpt.DECISION, decision)
+    write_scores_csv(val_face_scores(val_set, probs, uncertainty), run / VAL_SCORES)
+    return decision
+
+
 def _load_teachers(paths: list[Path], pre: Preprocessing, device: torch.device, layout: torch.memory_format) -> list[nn.Module]:
     """The teacher detectors, checked to take the student's faces: same input side, normalization and crops."""
     from realface.bundle import load_bundle
@@ -380,9 +396,7 @@ def finetune(
         if dist_info.is_main and val_set is not None:
             detector.load_state_dict(ckpt.load_weights(out / "best" / ckpt.WEIGHTS))
             probs, unc = task.validation_scores(detector)
-            decision = fit_decision(val_set.labels(), probs, unc, threshold_policy, threshold_params)
-            ckpt.write_json(out / ckpt.DECISION, decision)
-            write_scores_csv(val_face_scores(val_set, probs, unc), out / VAL_SCORES)
+            record_validation(out, val_set, probs, unc, threshold_policy, threshold_params)
         return history
     finally:
         if cache is not None:
