@@ -217,6 +217,64 @@ def test_a_student_learns_from_teachers_that_take_its_faces(antispoof, tmp_path)
                  "--teacher-weight", "-1", *common]) == 2  # fmt: skip
 
 
+def test_only_taught_faces_get_the_teachers_loss():
+    """FinetuneTask: the teachers score the rows of a batch with "taught" 1 and no other; a batch without any adds
+    nothing to the labels' loss."""
+    from realface.models.detectors import ClassifierOptions, DetectorConfig, build_detector
+    from realface.train.finetune import FinetuneTask, teacher_loss
+
+    torch.manual_seed(0)
+    config = DetectorConfig(name="classifier", encoder="resnet18", img_size=64, options=ClassifierOptions(mask_weight=0.0))
+    student, teacher = build_detector(config).eval(), build_detector(config).eval()
+    batch = {"image": torch.randn(4, 3, 64, 64), "label": torch.tensor([0, 1, 0, 1])}
+    plain, _ = FinetuneTask(None, 4, 0).loss(student, batch)
+    task = FinetuneTask(None, 4, 0, [teacher], teacher_weight=2.0)
+    loss, parts = task.loss(student, {**batch, "taught": torch.zeros(4)})
+    assert loss.item() == pytest.approx(plain.item()) and parts["teacher"].item() == 0.0
+    loss, parts = task.loss(student, {**batch, "taught": torch.tensor([1.0, 0.0, 0.0, 1.0])})
+    with torch.no_grad():
+        rows = batch["image"][[0, 3]]
+        want = teacher_loss(student(rows).logits, teacher(rows).logits.softmax(dim=1))
+    assert parts["teacher"].item() == pytest.approx(want.item(), rel=1e-5) and want.item() > 0
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * want.item(), rel=1e-5)
+
+
+def test_teacher_data_marks_the_faces_of_its_manifests_and_their_sbi_fakes(antispoof, tmp_path):
+    """--teacher-data: the faces of the named manifests, and the SBI fakes made from them, are taught; the others
+    are not; the run records it. A manifest with no training face, or --teacher-data without --teacher: one-line
+    error."""
+    from realface.train.finetune import _taught_items
+    from realface.train.pretrain import load_face_records
+
+    with antispoof.open() as f:
+        rows = list(csv.DictReader(f))
+    parts = {}
+    for name, keep in {"a": lambda i, r: r["split"] == "train" and i % 2 == 0, "b": lambda i, r: i % 2 == 1,
+                       "val": lambda i, r: r["split"] == "val"}.items():  # fmt: skip
+        parts[name] = antispoof.parent / f"part-{name}.csv"
+        with parts[name].open("w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(r for i, r in enumerate(rows) if keep(i, r))
+    records = [r for r in load_face_records([parts["a"], parts["b"]]) if r.extra.get("split") != "val"]
+    items = _taught_items(build_items(records, sbi_ratio=1.0), [parts["a"]])
+    in_a = {r.path for r in load_face_records([parts["a"]])}
+    assert {it.kind for it in items if it.taught} == {"face", "sbi"} and any(not it.taught for it in items)
+    assert all(it.taught == (it.record.path in in_a) for it in items)
+
+    common = ["--model", "resnet18", "--img-size", "64", "--crop-size", "64", *FAST]
+    teacher = tmp_path / "teacher"
+    assert main(["finetune", "--data", str(antispoof), "--out", str(teacher), *common]) == 0
+    student = tmp_path / "student"
+    assert main(["finetune", "--data", str(parts["a"]), str(parts["b"]), "--out", str(student), "--init", str(teacher),
+                 "--teacher", str(teacher), "--teacher-data", str(parts["a"]), *common]) == 0  # fmt: skip
+    assert ckpt.read_json(student / "config.json")["teacher_data"] == [str(parts["a"])]
+    assert main(["finetune", "--data", str(parts["a"]), str(parts["b"]), "--out", str(tmp_path / "none"), "--teacher",
+                 str(teacher), "--teacher-data", str(parts["val"]), *common]) == 2  # fmt: skip
+    assert main(["finetune", "--data", str(antispoof), "--out", str(tmp_path / "alone"), "--teacher-data",
+                 str(antispoof), *common]) == 2  # fmt: skip
+
+
 def test_ensemble_runs_averages_the_runs_logits(tmp_path):
     """benchmarks/ensemble_runs.py: two runs that each rank one fake below a real; their mean logit ranks all
     fakes first (AUC 1), which neither run does alone (AUC 0.75 each)."""

@@ -131,6 +131,22 @@ def test_every_recipe_preset_can_be_named_on_the_command_line():
     assert cpu.paired and not PRESETS["cpu-vit"].paired  # paired batches since 2026-12-04; the old chain as it was
 
 
+def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tmp_path):
+    """polish_teacher: the polish is taught by the fine-tuned detector it continues, on the DFDC faces only (the
+    photos it learns are real are not taught); the card says so."""
+    from dataclasses import replace
+
+    from realface.recipe import PRESETS, run_recipe
+
+    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=True)
+    work = tmp_path / "work"
+    run_recipe(shared_data, work, cfg, export_to=tmp_path / "weights", preset="tiny", progress=False)
+    polish = ckpt.read_json(work / "polish" / "config.json")
+    assert polish["init"] == polish["teachers"][0] == str(work / "finetune") and len(polish["teachers"]) == 1
+    assert polish["teacher_data"] == [polish["data"][0]] and "dfdc" in polish["data"][0] and len(polish["data"]) == 2
+    assert "while keeping its own p(fake) on the DFDC faces" in (tmp_path / "weights" / "MODEL_CARD.md").read_text()
+
+
 def test_recipe_distils_teachers_it_trains_first(shared_data, tmp_path):
     """teachers=1: the recipe fine-tunes a teacher (seed 1) before the detector, which learns from it
     (`finetune --teacher`); the card says so. A teacher remade with other settings is not reused silently."""

@@ -505,6 +505,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                         "their mean p(fake) on every training face (knowledge distillation)")
     f.add_argument("--teacher-weight", type=float, default=1.0,
                    help="weight of the teachers' loss (KL divergence from their mean class probabilities)")
+    f.add_argument("--teacher-data", type=Path, nargs="+", default=None, metavar="MANIFEST",
+                   help="the teachers score only the faces of these manifests (also given as --data) and the SBI fakes "
+                        "made from them (default: every training face); e.g. `--init RUN --teacher RUN --teacher-data "
+                        "ITS_DATA --data ITS_DATA NEW_REALS`: learn new reals without forgetting the old data")
     _add_train_arguments(p, epochs=5, batch=64, blr=5e-4, wd=0.05)
     p.set_defaults(handler=_run_finetune)
 
@@ -527,6 +531,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         raise RealfaceError(f"--affine is a probability in [0, 1], got {args.affine}")
     if args.teacher_weight < 0:
         raise RealfaceError(f"--teacher-weight must be >= 0, got {args.teacher_weight}")
+    if args.teacher_data and not args.teacher:
+        raise RealfaceError("--teacher-data names the faces teachers score: give --teacher too")
 
     given = {"blocks": args.rffr_blocks, "fusion_lambda": args.fusion_lambda, "corr_weight": args.corr_weight,
              "mask_weight": args.mask_weight}  # fmt: skip
@@ -560,6 +566,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         threshold_params={"fpr": args.target_fpr} if args.target_fpr is not None else None,
         teachers=args.teacher,
         teacher_weight=args.teacher_weight,
+        teacher_data=args.teacher_data,
         crop_size=args.crop_size,
         keep_img_size=args.img_size is not None,
         cache_crops=not args.no_crop_cache,

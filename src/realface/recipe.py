@@ -67,6 +67,7 @@ class RecipeConfig:
     teacher_weight: float = 1.0  # weight of the teachers' loss (finetune --teacher-weight)
     polish_epochs: int = 2  # then continue the fine-tuned detector this many epochs with the UTKFace shard's reals added
     polish_blr: float = 1e-3  # base learning rate of that continuation (a quarter of fine-tuning's)
+    polish_teacher: bool = False  # the polish also learns the fine-tuned detector's own p(fake) on the DFDC faces
     workers: int = 2  # data loader processes (and preprocess workers)
     max_steps_per_epoch: int | None = None  # cap (tiny runs)
 
@@ -266,13 +267,15 @@ def finetune_stage(
     *,
     init: Path | None = None,
     teachers: list[Path] = (),
+    teacher_data: list[Path] | None = None,
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
 ) -> None:
     """Fine-tune a detector on the labelled manifests `data` (val = their split=val rows) from the pretraining run
     `pretrained` (None: random init), or continue the finished fine-tuning stage `init`, with the recipe's settings,
-    distilling the finished stages `teachers` if any; resumes, and skips a finished run."""
+    distilling the finished stages `teachers` if any (on the faces of `teacher_data`, None: all); resumes, and
+    skips a finished run."""
     from realface.data.augment import WildAugmentConfig
     from realface.eval.groups import Grouping
     from realface.models.detectors import DetectorConfig, options_for
@@ -286,6 +289,8 @@ def finetune_stage(
         more["init"] = {"run": str(init), "settings": json.loads((Path(init) / STAGE_FILE).read_text())}
     # and on its teachers (a teacher remade with other settings makes another student)
     more["teachers"] = [{"run": str(t), "settings": json.loads((Path(t) / STAGE_FILE).read_text())} for t in teachers]
+    if teacher_data is not None:
+        more["teacher_data"] = [str(d) for d in teacher_data]
     if _stage_done(run, cfg.finetune_epochs, _settings(cfg, names, **more)):
         return
     finetune(
@@ -296,7 +301,7 @@ def finetune_stage(
                                                                        "mask_weight": cfg.mask_weight}, strict=False)),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=seed),
-        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
+        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
         augment=WildAugmentConfig(affine_prob=cfg.affine_prob),
         balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
@@ -304,10 +309,12 @@ def finetune_stage(
 
 
 def polish_stage(
-    cfg: RecipeConfig, data: list[Path], run: Path, start: Path, *, device: str = "auto", progress: bool = True
+    cfg: RecipeConfig, dfdc: Path, utk: Path, run: Path, start: Path, *, device: str = "auto", progress: bool = True
 ) -> None:
-    """Continue the finished fine-tuning stage `start` for `cfg.polish_epochs` at `cfg.polish_blr` on `data` (the
-    DFDC manifest and the UTKFace shard's reals, SBI made from both), balanced over `cfg.balance_groups` if any.
+    """Continue the finished fine-tuning stage `start` for `cfg.polish_epochs` at `cfg.polish_blr` on the DFDC
+    manifest and the UTKFace shard's reals (SBI made from both), balanced over `cfg.balance_groups` if any; with
+    `cfg.polish_teacher` it also learns `start`'s own p(fake) on the DFDC faces, so that learning the photos costs
+    less of what it knew there ("learning without forgetting").
 
     Why (issue 16, README "Fairness"): a detector that learned real faces from DFDC's video frames alone calls 45% of
     ordinary photos fake. Two epochs that also show it UTKFace's photos of every age and origin as real, with the same
@@ -317,7 +324,8 @@ def polish_stage(
     """
     polish = replace(cfg, finetune_epochs=cfg.polish_epochs, finetune_blr=cfg.polish_blr, finetune_warmup=POLISH_WARMUP,
                      utk_reals=True)  # fmt: skip
-    finetune_stage(polish, data, run, None, init=start, device=device, progress=progress)
+    teacher = {"teachers": [start], "teacher_data": [dfdc]} if cfg.polish_teacher else {}
+    finetune_stage(polish, [dfdc, utk], run, None, init=start, **teacher, device=device, progress=progress)
 
 
 def run_recipe(
@@ -387,7 +395,7 @@ def run_recipe(
     if cfg.polish_epochs:
         final = work / "polish"
         with stage("polish"):
-            polish_stage(cfg, [dfdc, utk], final, ft_run, device=device, progress=progress)
+            polish_stage(cfg, dfdc, utk, final, ft_run, device=device, progress=progress)
 
     with stage("export and measure", accumulate=False):
         card = export_and_measure(cfg, final, dfdc, shared, export_to, preset=preset, times=times)
@@ -454,6 +462,8 @@ def export_and_measure(
             + (" in paired order (every DFDC fake next to its own real)" if cfg.paired else "")
             + (f"; then {cfg.polish_epochs} epoch(s) more from those weights (base lr {cfg.polish_blr}) with the {utk}"
                " added, SBI made from them too" if cfg.polish_epochs else "")
+            + (", while keeping its own p(fake) on the DFDC faces (it is its own teacher there)"
+               if cfg.polish_epochs and cfg.polish_teacher else "")
             + (f"; epochs with UTKFace reals balanced over {', '.join(cfg.balance_groups)}" if cfg.balance_groups else ""),
             "selection_and_threshold": "DFDC val split (split by source video; never trained on)",
         },
@@ -511,7 +521,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f" {r['finetune_epochs']} epochs (best epoch {card.get('best_epoch', '?')} on val)"
         + (f" while learning the mean p(fake) of {r['teachers']} teacher detectors trained the same way"
            f" ({r.get('teacher_epochs') or r['finetune_epochs']} epochs each, seeds 1-{r['teachers']})" if r.get("teachers") else "")
-        + (f", then continued for {card['polish']['epochs_done']} epoch(s) with UTKFace reals added (see Data)"
+        + (f", then continued for {card['polish']['epochs_done']} epoch(s) with UTKFace reals added"
+           + (" while keeping its own p(fake) on the DFDC faces" if r.get("polish_teacher") else "") + " (see Data)"
            if card.get("polish") else "")
         + (f", with the forgery-mask loss (weight {r['mask_weight']}) and its cell head." if r.get("mask_weight")
            and r["detector"] in ("classifier", "vit") else "."),

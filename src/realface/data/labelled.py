@@ -36,6 +36,7 @@ class Item:
     kind: str  # "face" or "sbi"
     label: int  # 0 real, 1 fake
     partner: object | None = None  # (labelled fakes) the real record it was made from, when known
+    taught: bool = True  # whether distillation teachers score this item (`finetune(teacher_data=...)`)
 
 
 def _pair_key(record) -> tuple[str, int, int] | None:
@@ -113,7 +114,8 @@ class PairedSampler:
 
 
 class DetectionFaces(Dataset):
-    """Items as {"image": (3, S, S) float32 normalized, "label": () long}; training views are augmented.
+    """Items as {"image": (3, S, S) float32 normalized, "label": () long, "taught": () float32 (1 where teachers
+    score the item, `Item.taught`)}; training views are augmented.
 
     With `mask_grid` (rows, cols) also "mask": (rows * cols,) float32, the fraction of each patch that was
     forged, and "mask_known": () float32, 1 where that is known (reals, SBI, fakes with a partner), else 0.
@@ -189,13 +191,16 @@ class DetectionFaces(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self.mask_grid is None:
-            return {"image": to_tensor(self.view(index), self.pre), "label": torch.tensor(self.items[index].label)}
+            item = self.items[index]
+            return {"image": to_tensor(self.view(index), self.pre), "label": torch.tensor(item.label),
+                    "taught": torch.tensor(float(item.taught))}  # fmt: skip
         rgb, forged = self.view_and_map(index)
         known = forged is not None
         target = patch_targets(forged, self.mask_grid) if known else np.zeros(self.mask_grid[0] * self.mask_grid[1], np.float32)
         return {
             "image": to_tensor(rgb, self.pre),
             "label": torch.tensor(self.items[index].label),
+            "taught": torch.tensor(float(self.items[index].taught)),
             "mask": torch.from_numpy(target),
             "mask_known": torch.tensor(float(known)),
         }

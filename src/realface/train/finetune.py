@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from realface.data.augment import WildAugmentConfig
 from realface.data.faceset import CropCache, Preprocessing
 from realface.data.balance import GroupBalancedSampler, balance_record, group_keys
-from realface.data.labelled import DetectionFaces, PairedSampler, build_items
+from realface.data.labelled import DetectionFaces, Item, PairedSampler, build_items
 from realface.eval.groups import Grouping
 from realface.errors import RealfaceError
 from realface.faces.align import CropSettings
@@ -70,7 +70,7 @@ def score_dataset(
 
 
 def teacher_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) over the two classes, mean over the batch: the student learns the teachers' p(fake)
+    """KL(teacher || student) over the two classes, mean over the faces: the student learns the teachers' p(fake)
     for each face, not only its label (knowledge distillation, Hinton et al. 2015, at temperature 1)."""
     return F.kl_div(F.log_softmax(student_logits.float(), dim=1), teacher_probs.float(), reduction="batchmean")
 
@@ -80,7 +80,8 @@ class FinetuneTask:
 
     teachers: trained detectors (eval mode, on the training device) whose mean class probabilities on each training
     batch the student also learns, with weight `teacher_weight` (`teacher_loss`); e.g. an ensemble distilled into one
-    model of one model's inference cost.
+    model of one model's inference cost. Only the faces of a batch with "taught" 1 are scored by the teachers (a
+    batch without any adds no teacher loss).
     """
 
     def __init__(
@@ -104,9 +105,13 @@ class FinetuneTask:
         out = model(batch["image"])
         loss, parts = core.loss(out, batch["label"], self.progress, targets=batch)
         if self.teachers:
-            with torch.no_grad():
-                probs = torch.stack([t(batch["image"]).logits.float().softmax(dim=1) for t in self.teachers]).mean(dim=0)
-            taught = teacher_loss(out.logits, probs)
+            rows = batch["taught"].bool()
+            taught = out.logits.new_zeros(())
+            if rows.any():
+                images = batch["image"][rows]
+                with torch.no_grad():
+                    probs = torch.stack([t(images).logits.float().softmax(dim=1) for t in self.teachers]).mean(dim=0)
+                taught = teacher_loss(out.logits[rows], probs)
             loss, parts = loss + self.teacher_weight * taught, {**parts, "teacher": taught.detach()}
         return loss, parts
 
@@ -217,6 +222,15 @@ def record_validation(
     return decision
 
 
+def _taught_items(items: list[Item], manifests: list[Path]) -> list[Item]:
+    """`items` with `taught` set where the item's face comes from one of `manifests`; an error where none does."""
+    paths = {rec.path for rec in load_face_records(manifests)}
+    items = [replace(it, taught=it.record.path in paths) for it in items]
+    if not any(it.taught for it in items):
+        raise RealfaceError("--teacher-data: none of its faces are training faces (name manifests also given as --data)")
+    return items
+
+
 def _load_teachers(paths: list[Path], pre: Preprocessing, device: torch.device, layout: torch.memory_format) -> list[nn.Module]:
     """The teacher detectors, checked to take the student's faces: same input side, normalization and crops."""
     from realface.bundle import load_bundle
@@ -251,6 +265,7 @@ def finetune(
     threshold_params: dict[str, float] | None = None,
     teachers: list[Path] = (),
     teacher_weight: float = 1.0,
+    teacher_data: list[Path] | None = None,
     crop_size: int | None = None,
     keep_img_size: bool = False,
     cache_crops: bool = True,
@@ -278,7 +293,10 @@ def finetune(
     training-time fields of `detector_cfg` (drop_path, label_smoothing, layer_decay, freeze) apply; e.g. to
     teach the shipped model a user's own real photos.
     teachers: trained detectors (finetune runs or exported weights) taking the same faces as this one, whose mean
-    p(fake) the student learns besides the labels, with weight teacher_weight (`FinetuneTask`).
+    p(fake) the student learns besides the labels, with weight teacher_weight (`FinetuneTask`); teacher_data: the
+    manifests (of `data`) whose faces, and the SBI fakes made from them, the teachers score (None: every training
+    face). E.g. the teacher is the `init` detector itself, on the data it was trained on, while it learns new reals
+    from other manifests: it keeps what it knew there ("learning without forgetting", Li & Hoiem 2016).
     """
     from realface.bundle import load_bundle
     from realface.models.pretrained import load_pretrainer
@@ -328,6 +346,8 @@ def finetune(
         del pretrainer, start
 
         items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio)
+        if teacher_data is not None:
+            items = _taught_items(items, teacher_data)
         if len({it.label for it in items}) < 2:
             raise RealfaceError("training needs both classes: add labelled fakes or --pseudo-fakes sbi")
         if cache_crops:
@@ -361,7 +381,8 @@ def finetune(
             "num_val": len(val_set) if val_set else 0,
         }
         if teachers:
-            run_config.update(teachers=[str(t) for t in teachers], teacher_weight=teacher_weight)
+            run_config.update(teachers=[str(t) for t in teachers], teacher_weight=teacher_weight,
+                              teacher_data=[str(p) for p in teacher_data] if teacher_data is not None else "all")  # fmt: skip
         groups = param_groups(
             detector,
             train_cfg.weight_decay,
