@@ -53,6 +53,11 @@ def describe(run: Path, rates: dict, bootstrap: int) -> dict:
     key = rate_key(f"{det['encoder']}@{det['img_size']}", config, rates.get("finetune", {}))
     minutes = faces / rates["finetune"][key] / 60 if key in rates.get("finetune", {}) else None
     teachers = [Path(t).name for t in config.get("teachers", [])]
+    taught = config.get("teacher_data", "all")
+    if teachers and config.get("teacher_weight", 1.0) != 1.0:
+        teachers[-1] += f" (weight {config['teacher_weight']:g})"
+    if teachers and taught != "all":  # e.g. "dfdc/manifest.csv": the teachers score only those faces
+        teachers[-1] += f" on {', '.join('/'.join(Path(d).parts[-2:]) for d in taught)} only"
     if teachers:  # their forward passes slow every step, and their own training is compute too: not priced
         minutes = None
     pretraining = "none"

@@ -269,6 +269,10 @@ def test_teacher_data_marks_the_faces_of_its_manifests_and_their_sbi_fakes(antis
     assert main(["finetune", "--data", str(parts["a"]), str(parts["b"]), "--out", str(student), "--init", str(teacher),
                  "--teacher", str(teacher), "--teacher-data", str(parts["a"]), *common]) == 0  # fmt: skip
     assert ckpt.read_json(student / "config.json")["teacher_data"] == [str(parts["a"])]
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_runs.py"
+    row = subprocess.run([sys.executable, str(script), str(student), "--bootstrap", "10"], check=True, capture_output=True,
+                         text=True).stdout.splitlines()[2]  # fmt: skip
+    assert "teachers teacher on " in row and "part-a.csv only" in row
     assert main(["finetune", "--data", str(parts["a"]), str(parts["b"]), "--out", str(tmp_path / "none"), "--teacher",
                  str(teacher), "--teacher-data", str(parts["val"]), *common]) == 2  # fmt: skip
     assert main(["finetune", "--data", str(antispoof), "--out", str(tmp_path / "alone"), "--teacher-data",

@@ -129,21 +129,24 @@ def test_every_recipe_preset_can_be_named_on_the_command_line():
     assert cpu.polish_epochs == fair.polish_epochs > 0 == dfdc.polish_epochs  # the default polishes with UTKFace photos
     assert (cpu.utk_every, fair.utk_every) == (3, 1)  # on a third of them; cpu-fair on all
     assert cpu.paired and not PRESETS["cpu-vit"].paired  # paired batches since 2026-12-04; the old chain as it was
+    gpu = PRESETS["gpu"]  # the shipped chain: two teachers, then all of the photos with the model as its own teacher
+    assert (gpu.teachers, gpu.utk_every) == (2, 1) and gpu.polish_teacher > 0
 
 
 def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tmp_path):
-    """polish_teacher: the polish is taught by the fine-tuned detector it continues, on the DFDC faces only (the
-    photos it learns are real are not taught); the card says so."""
+    """polish_teacher: the polish is taught by the fine-tuned detector it continues, at that weight, on the DFDC faces
+    only (the photos it learns are real are not taught); the card says so."""
     from dataclasses import replace
 
     from realface.recipe import PRESETS, run_recipe
 
-    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=True)
+    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=2.0)
     work = tmp_path / "work"
     run_recipe(shared_data, work, cfg, export_to=tmp_path / "weights", preset="tiny", progress=False)
     polish = ckpt.read_json(work / "polish" / "config.json")
     assert polish["init"] == polish["teachers"][0] == str(work / "finetune") and len(polish["teachers"]) == 1
     assert polish["teacher_data"] == [polish["data"][0]] and "dfdc" in polish["data"][0] and len(polish["data"]) == 2
+    assert polish["teacher_weight"] == 2.0 and "teachers" not in ckpt.read_json(work / "finetune" / "config.json")
     assert "while keeping its own p(fake) on the DFDC faces" in (tmp_path / "weights" / "MODEL_CARD.md").read_text()
 
 

@@ -67,7 +67,7 @@ class RecipeConfig:
     teacher_weight: float = 1.0  # weight of the teachers' loss (finetune --teacher-weight)
     polish_epochs: int = 2  # then continue the fine-tuned detector this many epochs with the UTKFace shard's reals added
     polish_blr: float = 1e-3  # base learning rate of that continuation (a quarter of fine-tuning's)
-    polish_teacher: bool = False  # the polish also learns the fine-tuned detector's own p(fake) on the DFDC faces
+    polish_teacher: float = 0.0  # > 0: the polish also learns the fine-tuned detector's own p(fake) on the DFDC faces, at this weight
     workers: int = 2  # data loader processes (and preprocess workers)
     max_steps_per_epoch: int | None = None  # cap (tiny runs)
 
@@ -87,6 +87,8 @@ class RecipeConfig:
             raise RealfaceError("balance_groups needs utk_reals or polish_epochs: only the UTKFace faces carry group columns")
         if self.teachers < 0 or (self.teacher_epochs is not None and self.teacher_epochs < 1) or self.teacher_weight < 0:
             raise RealfaceError("teachers must be >= 0, teacher_epochs >= 1 and teacher_weight >= 0")
+        if self.polish_teacher < 0:
+            raise RealfaceError(f"polish_teacher is a loss weight (0 = off), got {self.polish_teacher}")
         if self.balance_groups and self.paired:
             raise RealfaceError("paired and balance_groups each set the fine-tuning order: choose one")
 
@@ -113,9 +115,10 @@ PRESETS: dict[str, RecipeConfig] = {
     # The cpu chain without the polish: DFDC video frames are its only reals.
     "cpu-dfdc": RecipeConfig(polish_epochs=0),
     # Two teachers, each the cpu chain's fine-tuning at 15 epochs, then the detector fine-tuned 12 epochs as their
-    # student and polished like `cpu` (BENCHMARKS.md "Distilling two runs into one"). On an H200 each 15-epoch
-    # fine-tuning took 4.3 minutes, loader-bound at about 1,350 faces/s with 15 loader processes ("On a GPU").
-    "gpu": RecipeConfig(teachers=2, teacher_epochs=15, workers=max(2, (os.cpu_count() or 3) - 1)),
+    # student (BENCHMARKS.md "Distilling two runs into one"), polished with all of the shard's photos while it keeps
+    # its own p(fake) on the DFDC faces ("The polish as its own teacher"). On an H200 each 15-epoch fine-tuning took
+    # 4.3 minutes, loader-bound at about 1,350 faces/s with 15 loader processes ("On a GPU").
+    "gpu": RecipeConfig(teachers=2, teacher_epochs=15, utk_every=1, polish_teacher=1.0, workers=max(2, (os.cpu_count() or 3) - 1)),
 }  # fmt: skip
 
 
@@ -313,8 +316,8 @@ def polish_stage(
 ) -> None:
     """Continue the finished fine-tuning stage `start` for `cfg.polish_epochs` at `cfg.polish_blr` on the DFDC
     manifest and the UTKFace shard's reals (SBI made from both), balanced over `cfg.balance_groups` if any; with
-    `cfg.polish_teacher` it also learns `start`'s own p(fake) on the DFDC faces, so that learning the photos costs
-    less of what it knew there ("learning without forgetting").
+    `cfg.polish_teacher` > 0 it also learns `start`'s own p(fake) on the DFDC faces (at that weight), so that
+    learning the photos costs less of what it knew there ("learning without forgetting").
 
     Why (issue 16, README "Fairness"): a detector that learned real faces from DFDC's video frames alone calls 45% of
     ordinary photos fake. Two epochs that also show it UTKFace's photos of every age and origin as real, with the same
@@ -323,7 +326,7 @@ def polish_stage(
     AUC 0.803 -> 0.775).
     """
     polish = replace(cfg, finetune_epochs=cfg.polish_epochs, finetune_blr=cfg.polish_blr, finetune_warmup=POLISH_WARMUP,
-                     utk_reals=True)  # fmt: skip
+                     utk_reals=True, teacher_weight=cfg.polish_teacher or cfg.teacher_weight)  # fmt: skip
     teacher = {"teachers": [start], "teacher_data": [dfdc]} if cfg.polish_teacher else {}
     finetune_stage(polish, [dfdc, utk], run, None, init=start, **teacher, device=device, progress=progress)
 
@@ -462,7 +465,7 @@ def export_and_measure(
             + (" in paired order (every DFDC fake next to its own real)" if cfg.paired else "")
             + (f"; then {cfg.polish_epochs} epoch(s) more from those weights (base lr {cfg.polish_blr}) with the {utk}"
                " added, SBI made from them too" if cfg.polish_epochs else "")
-            + (", while keeping its own p(fake) on the DFDC faces (it is its own teacher there)"
+            + (f", while keeping its own p(fake) on the DFDC faces (it is its own teacher there, weight {cfg.polish_teacher})"
                if cfg.polish_epochs and cfg.polish_teacher else "")
             + (f"; epochs with UTKFace reals balanced over {', '.join(cfg.balance_groups)}" if cfg.balance_groups else ""),
             "selection_and_threshold": "DFDC val split (split by source video; never trained on)",
