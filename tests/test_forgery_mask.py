@@ -143,8 +143,8 @@ def test_dataset_gives_patch_targets_for_reals_sbi_and_paired_fakes(dfdc_pairs):
         assert (targets.mean(dim=1) < 0.8).all()
     unknown = DetectionFaces(alone, Preprocessing(img_size=64, crop=CropSettings(size=64)), mask_grid=grid)[0]
     assert unknown["mask_known"] == 0.0
-    # without a grid the samples are as before: image and label only
-    assert set(DetectionFaces(items, Preprocessing(img_size=64, crop=CropSettings(size=64)))[0]) == {"image", "label"}
+    # without a grid no mask targets: image, label and whether teachers score it
+    assert set(DetectionFaces(items, Preprocessing(img_size=64, crop=CropSettings(size=64)))[0]) == {"image", "label", "taught"}
 
 
 def test_patch_mask_loss_counts_only_known_targets():
