@@ -9,6 +9,7 @@ validation face's score goes to RUN/val_scores.csv (`eval.report` format) for an
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -224,8 +225,11 @@ def record_validation(
 
 def _taught_items(items: list[Item], manifests: list[Path]) -> list[Item]:
     """`items` with `taught` set where the item's face comes from one of `manifests`; an error where none does."""
-    paths = {rec.path for rec in load_face_records(manifests)}
-    items = [replace(it, taught=it.record.path in paths) for it in items]
+    def key(rec) -> tuple[str, int]:  # a crop file, or a JPEG inside a tar shard
+        return os.path.normpath(rec.path), rec.offset
+
+    keys = {key(rec) for rec in load_face_records(manifests)}
+    items = [replace(it, taught=key(it.record) in keys) for it in items]
     if not any(it.taught for it in items):
         raise RealfaceError("--teacher-data: none of its faces are training faces (name manifests also given as --data)")
     return items
