@@ -9,6 +9,7 @@
 # number of epochs is chosen from it so that the one-cycle schedule ends inside the budget; the epochs chosen are
 # recorded in the run's config.json like any other run's. A run past its budget is stopped, and what it had
 # selected so far still comes back. Runs with the machine's python3 (PyTorch there) and this checkout's src/.
+# Several runs in one command (e.g. seeds): one call each, each with its own OUT (`... $OUT/seed1 ... --seed 1`).
 set -eu
 PACK=$1 OUT=$2 SECONDS_BUDGET=$3
 shift 3
@@ -16,6 +17,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 FACES=/tmp/realface-faces
 WORKERS=$(( $(nproc) - 1 ))
 start=$(date +%s)
+rm -rf /tmp/run /tmp/probe /tmp/probe.log  # a warm machine keeps the last call's run: never resume or reuse it
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 -c "import torch, timm, numpy, cv2; print('torch', torch.__version__, 'timm', timm.__version__, 'numpy', numpy.__version__, 'cv2', cv2.__version__, 'cuda', torch.cuda.is_available())"
 python3 benchmarks/pack_crops.py unpack "$PACK" --out "$FACES" --workers "$(nproc)"
