@@ -28,6 +28,7 @@ import numpy as np
 from realface.model import load_model
 from realface.eval.evaluate import evaluate
 from realface.eval.groups import RATE_TITLES
+from realface.eval.thresholds import band_text
 from realface.eval.protocol import load_protocol
 from realface.eval.report import fmt, markdown_grid, read_scores_csv
 from realface.faces.media import expand_inputs
@@ -144,7 +145,7 @@ def main() -> None:
     lines = [
         f"Model: {json.dumps(card.get('name', str(bundle.source)))} of {card.get('date', 'unknown date')} "
         f"(weights sha256 {digest}...), threshold {fmt(report['threshold']['value'])} ({report['threshold']['source']}), confidence band "
-        f"{fmt(report['band'])}.",
+        f"{band_text(report['band'])}.",
         f"Faces: {groups['overall']['n']} real UTKFace photos, drawn at random (seed {args.seed}) from shard {i}/{n} "
         f"of ../shared/data/utkface/manifest.csv (the photos at positions {i}, {i + n}, {i + 2 * n}, ... of the "
         f"manifest sorted by path, as `preprocess --shard {i}/{n}` takes them); no stage of the recipe reads another "

@@ -53,6 +53,8 @@ CASES = [  # (edit, words the message must hold)
     (_set("decision", [0.5, 0.1]), "decision must be a JSON object when present, got [0.5, 0.1]"),
     (_set("decision.temperature", 0), "decision.temperature must be a number > 0, got 0"),
     (_set("decision.confidence", "vibes"), "decision.confidence must be 'distance' or 'evidential'"),
+    (_set("decision.band", {"real": 0.1}), 'decision.band must be one number in [0, 1] or {"real": r, "fake": f}'),
+    (_set("decision.band", 1.2), "decision.band must be one number in [0, 1]"),
     (_set("detector", None), "detector must be a JSON object, got None"),
     (_set("detector.img_size", "abc"), "detector.img_size must be an integer, got 'abc'"),
     (_set("detector.freeze", 1), "detector.freeze must be true or false, got 1"),
@@ -89,6 +91,16 @@ def test_valid_configs_pass(tiny_model: Path) -> None:
     with pytest.raises(RealfaceError, match="decision.json"):  # a run folder's decision.json is checked too
         validate_config({"kind": "detector", "detector": {}, "preprocessing": {}}, "run/config.json", decision=[1])
     assert load_bundle(tiny_model).pre.std == (0.229, 0.224, 0.225)
+
+
+def test_a_band_per_side_round_trips_through_the_config() -> None:
+    from realface.model import Decision
+
+    pair = Decision.from_json({"threshold": {"value": 0.54, "policy": "eer"}, "band": {"real": 0.31, "fake": 0.59}})
+    assert pair.band == (0.31, 0.59) and pair.to_json()["band"] == {"real": 0.31, "fake": 0.59}
+    one = Decision.from_json({"band": {"real": 0.2, "fake": 0.2}})
+    assert one.band == 0.2 and Decision.from_json(one.to_json()).band == 0.2
+    validate_config({"kind": "detector", "detector": {}, "preprocessing": {}}, "run/config.json", decision=pair.to_json())
 
 
 def test_real_command_prints_no_traceback(tiny_model: Path, astronaut: Path, tmp_path: Path) -> None:

@@ -12,11 +12,15 @@ from realface.eval import metrics as m
 from realface.eval.thresholds import (
     THRESHOLD_POLICIES,
     Threshold,
+    band_json,
+    band_sides,
+    band_text,
     coverage_accuracy_curve,
     decide,
     distance_confidence,
     fit_confidence_band,
     fit_threshold,
+    fit_two_sided_band,
 )
 
 
@@ -200,3 +204,65 @@ def test_fit_confidence_band_with_evidential_confidence_and_errors() -> None:
         fit_confidence_band(y, p, None, 0.5, target_accuracy=0.9, target_coverage=0.5)
     with pytest.raises(RealfaceError, match="target_coverage"):
         fit_confidence_band(y, p, None, 0.5, target_coverage=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# a band per side: (real, fake)
+
+
+def test_decide_with_a_band_per_side() -> None:
+    p = [0.875, 0.625, 0.5, 0.375, 0.125]  # confidences .75 .25 0 .25 .75 at t = .5
+    assert decide(p, 0.5, band=(0.25, 0.5)).tolist() == ["fake", "uncertain", "uncertain", "real", "real"]
+    assert decide(p, 0.5, band=(0.5, 0.25)).tolist() == ["fake", "fake", "uncertain", "uncertain", "real"]
+    assert decide(p, 0.5, band=(0.4, 0.4)).tolist() == decide(p, 0.5, band=0.4).tolist()
+    assert band_sides({"real": 0.1, "fake": 0.3}) == band_sides([0.1, 0.3]) == (0.1, 0.3)
+    assert band_json((0.2, 0.2)) == 0.2 and band_json((0.1, 0.3)) == {"real": 0.1, "fake": 0.3}
+    assert band_text(0.25) == "0.250" and band_text((0.1, 0.3)) == "0.100 (real), 0.300 (fake)"
+    for bad in (2, (0.1,), (0.1, 1.5), {"real": 0.1}, True, "0.1"):
+        with pytest.raises(RealfaceError, match="band"):
+            decide(p, 0.5, band=bad)
+
+
+def _most_kept_by_brute_force(y: np.ndarray, p: np.ndarray, t: float, target: float) -> int:
+    """The most faces any (real, fake) pair of bands keeps with accuracy >= target, over every pair."""
+    conf = distance_confidence(p, t)
+    candidates = np.r_[np.unique(conf), 1.0]
+    best = 0
+    for real in candidates:
+        for fake in candidates:
+            kept = decide(p, t, band=(real, fake)) != "uncertain"
+            if kept.any() and np.mean((p[kept] >= t) == (y[kept] == 1)) >= target:
+                best = max(best, int(kept.sum()))
+    return best
+
+
+def test_fit_two_sided_band_keeps_the_most_faces_at_the_target() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        n = int(rng.integers(2, 25))
+        y = rng.integers(0, 2, n)
+        p = np.round(rng.random(n), 1)  # ties, and scores of exactly 0 and 1 (confidence 1)
+        target = float(rng.choice([0.6, 0.75, 0.9]))
+        best = _most_kept_by_brute_force(y, p, 0.5, target)
+        if best == 0:
+            with pytest.raises(RealfaceError, match="no confidence band"):
+                fit_two_sided_band(y, p, None, 0.5, target)
+            continue
+        kept = decide(p, 0.5, band=fit_two_sided_band(y, p, None, 0.5, target)) != "uncertain"
+        assert kept.sum() == best
+        assert np.mean((p[kept] >= 0.5) == (y[kept] == 1)) >= target
+
+
+def test_a_band_per_side_keeps_more_where_one_side_is_surer() -> None:
+    # reals are told apart well, fakes overlap them: one band for both must be wide enough for the fakes
+    rng = np.random.default_rng(6)
+    y = np.r_[np.zeros(1000, int), np.ones(1000, int)]
+    p = np.clip(np.r_[rng.normal(0.25, 0.08, 1000), rng.normal(0.6, 0.2, 1000)], 0, 1)
+    t = fit_threshold(y, p).value
+    one = fit_confidence_band(y, p, None, t, target_accuracy=0.95)
+    real, fake = fit_two_sided_band(y, p, None, t, target_accuracy=0.95)
+    kept_one = decide(p, t, band=one) != "uncertain"
+    kept_two = decide(p, t, band=(real, fake)) != "uncertain"
+    assert real < fake
+    assert kept_two.mean() > kept_one.mean() + 0.02  # 0.886 against 0.861
+    assert np.mean((p[kept_two] >= t) == (y[kept_two] == 1)) >= 0.95

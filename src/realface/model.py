@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from realface.errors import RealfaceError
+from realface.eval.thresholds import Band, band_json, band_sides
 from realface.faces.align import CropSettings
 from realface.files import CONFIG, DECISION, GRAPH, WEIGHTS, read_json
 from realface.preprocessing import Preprocessing
@@ -38,11 +39,11 @@ def default_weights_dir() -> Path:
 @dataclass(frozen=True)
 class Decision:
     """How a score becomes a verdict: p(fake) is calibrated by the temperature, fake when it is >= threshold,
-    "uncertain" when the confidence is < band."""
+    "uncertain" when the confidence is < the band of the verdict's side."""
 
     threshold: float = 0.5  # decision threshold on calibrated p(fake), fitted on validation data
     temperature: float = 1.0  # temperature scaling fitted on validation: p = sigmoid(logit(p_model) / T)
-    band: float = 0.0  # minimum confidence for a real/fake verdict; 0 = never uncertain
+    band: Band = 0.0  # minimum confidence for a verdict: one for both, or (real, fake); 0 = never uncertain
     confidence: str = "distance"  # "distance" from the threshold, or "evidential" (1 - uncertainty)
     policy: str = "fixed"  # how the threshold was chosen (eer, max_balanced_accuracy, target_fpr, fixed)
     val: dict[str, Any] = field(default_factory=dict)  # validation numbers behind it
@@ -56,7 +57,7 @@ class Decision:
         return cls(
             threshold=float(value),
             temperature=float(data.get("temperature", 1.0)),
-            band=float(data.get("band", 0.0)),
+            band=_stored_band(data.get("band", 0.0)),
             confidence=str(data.get("confidence", "distance")),
             policy=policy,
             val=dict(data.get("val", {})),
@@ -75,10 +76,16 @@ class Decision:
         return {
             "threshold": {"value": self.threshold, "policy": self.policy, "params": dict(self.params)},
             "temperature": self.temperature,
-            "band": self.band,
+            "band": band_json(self.band),
             "confidence": self.confidence,
             "val": self.val,
         }
+
+
+def _stored_band(value: Any) -> Band:
+    """A band read from JSON: one number, or the pair (real, fake)."""
+    real, fake = band_sides(value)
+    return real if real == fake else (real, fake)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +177,10 @@ def _check_decision(where: str, decision: dict[str, Any]) -> None:
     else:
         _number(where, "decision.threshold", threshold, 0.0, 1.0)
     _number(where, "decision.temperature", decision.get("temperature", 1.0), 0.0, math.inf, open_low=True)
-    _number(where, "decision.band", decision.get("band", 0.0), 0.0, 1.0)
+    try:
+        band_sides(decision.get("band", 0.0))
+    except RealfaceError as e:
+        raise _fail(where, "decision.band", "one number in [0, 1] or {\"real\": r, \"fake\": f}", decision.get("band")) from e
     if decision.get("confidence", "distance") not in ("distance", "evidential"):
         raise _fail(where, "decision.confidence", "'distance' or 'evidential'", decision.get("confidence"))
     if not isinstance(decision.get("val", {}), dict):

@@ -34,7 +34,8 @@ class RecipeConfig:
     crop_size: int = 224  # side of the aligned crops written by preprocess (the model resizes them to img_size)
     img_size: int = 96  # model input side, a multiple of the encoder's stride (96 px: 12 epochs in 128 px's 9)
     encoder: str = "resnet18"  # encoder name (realface.models.encoders.ENCODERS)
-    utk_shard: tuple[int, int] = (0, 3)  # the one UTKFace shard i/n the recipe reads (1/3 = 7.9k faces); fairness.py measures on 1/3
+    # the UTKFace shards i/n the recipe reads (a third: 7.9k faces each); fairness.py measures on 1/3, which none reads
+    utk_shards: tuple[tuple[int, int], ...] = ((0, 3),)
     limit: int | None = None  # at most this many inputs per data set (tiny runs)
     frames: int = 32  # frames per FF++ video when measuring
     mask: str = "crfr-p"  # pretraining masking strategy
@@ -99,7 +100,7 @@ class RecipeConfig:
 
 PRESETS: dict[str, RecipeConfig] = {
     "tiny": RecipeConfig(
-        crop_size=64, img_size=64, utk_shard=(0, 1), limit=24, frames=2, pretrain_epochs=1, pretrain_batch=8,
+        crop_size=64, img_size=64, utk_shards=((0, 1),), limit=24, frames=2, pretrain_epochs=1, pretrain_batch=8,
         finetune_epochs=1, finetune_batch=8, workers=0, max_steps_per_epoch=2, layer_decay=0.75, polish_epochs=1,
         paired=False,  # 24 DFDC crops hold no fake together with its real
     ),
@@ -126,16 +127,16 @@ PRESETS: dict[str, RecipeConfig] = {
 
 
 PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "distill_weight", "decoder_dim",
-                     "decoder_depth", "pretrain_epochs", "pretrain_batch", "pretrain_blr", "max_steps_per_epoch")
+                     "decoder_depth", "pretrain_epochs", "pretrain_batch", "pretrain_blr", "max_steps_per_epoch", "utk_shards")
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
                      "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "affine_prob", "utk_reals",
-                     "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch", "teacher_weight")
+                     "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch", "teacher_weight", "utk_shards")
 POLISH_WARMUP = 0.2  # warmup epochs of the polish stage
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
 UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
               "utk_reals": False, "utk_every": 1, "balance_groups": [], "affine_prob": 0.0, "teacher_weight": 1.0,
-              "seed": 0, "teachers": []}
+              "seed": 0, "teachers": [], "utk_shards": [[0, 3]]}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -160,8 +161,7 @@ def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
 
 def _settings(cfg: RecipeConfig, names: tuple[str, ...], **more: Any) -> dict[str, Any]:
     """The settings as their JSON record reads back (tuples as lists, paths as strings)."""
-    values = {**{k: getattr(cfg, k) for k in names}, **more}
-    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return json.loads(json.dumps({**{k: getattr(cfg, k) for k in names}, **more}, default=str))
 
 
 def _write_manifest_subset(manifest: Path, out: Path, keep: Callable[[int, dict[str, str]], bool]) -> Path:
@@ -184,15 +184,23 @@ def _write_reals_manifest(manifest: Path, out: Path, split: str = "train") -> Pa
     return _write_manifest_subset(manifest, out, lambda _, r: r["label"] == "real" and r.get("split", split) == split)
 
 
-def _utk_finetune_data(cfg: RecipeConfig, manifest: Path) -> Path:
-    """What fine-tuning reads of the preprocessed UTKFace shard whose manifest is `manifest`: its whole folder, or
-    every `utk_every`-th face of the manifest (sorted by path as preprocess writes it, so the sample spreads over
-    ages, genders and races)."""
-    folder = manifest.parent
+def _utk_finetune_data(cfg: RecipeConfig, manifests: list[Path]) -> list[Path]:
+    """What fine-tuning reads of the preprocessed UTKFace shards whose manifests are `manifests`: their folder (which
+    holds the shards the recipe preprocessed), or every `utk_every`-th face of each (sorted by path as preprocess
+    writes it, so the sample spreads over ages, genders and races)."""
     if cfg.utk_every == 1:
-        return folder
-    return _write_manifest_subset(manifest, folder.with_name(f"{folder.name}-every{cfg.utk_every}.csv"),
-                                  lambda i, _: i % cfg.utk_every == 0)  # fmt: skip
+        return [manifests[0].parent]
+    def subset(m: Path) -> Path:  # utkface-every3.csv, or utkface-manifest.shard0of3-every3.csv for several shards
+        name = m.parent.name + (f"-{m.stem}" if len(manifests) > 1 else "") + f"-every{cfg.utk_every}.csv"
+        return _write_manifest_subset(m, m.parent.with_name(name), lambda i, _: i % cfg.utk_every == 0)
+
+    return [subset(m) for m in manifests]
+
+
+def _shards_text(cfg: RecipeConfig) -> str:
+    """ "UTKFace shard 0/3", "UTKFace shards 0/3 and 2/3"."""
+    names = [f"{i}/{n}" for i, n in cfg.utk_shards]
+    return f"UTKFace shard {names[0]}" if len(names) == 1 else f"UTKFace shards {', '.join(names[:-1])} and {names[-1]}"
 
 
 def machine() -> str:
@@ -315,7 +323,7 @@ def finetune_stage(
 
 
 def polish_stage(
-    cfg: RecipeConfig, dfdc: Path, utk: Path, run: Path, start: Path, *, device: str = "auto", progress: bool = True
+    cfg: RecipeConfig, dfdc: Path, utk: list[Path], run: Path, start: Path, *, device: str = "auto", progress: bool = True
 ) -> None:
     """Continue the finished fine-tuning stage `start` for `cfg.polish_epochs` at `cfg.polish_blr` on the DFDC
     manifest and the UTKFace shard's reals (SBI made from both), balanced over `cfg.balance_groups` if any; with
@@ -331,7 +339,7 @@ def polish_stage(
     polish = replace(cfg, finetune_epochs=cfg.polish_epochs, finetune_blr=cfg.polish_blr, finetune_warmup=POLISH_WARMUP,
                      utk_reals=True, teacher_weight=cfg.polish_teacher or cfg.teacher_weight)  # fmt: skip
     teacher = {"teachers": [start], "teacher_data": [dfdc]} if cfg.polish_teacher else {}
-    finetune_stage(polish, [dfdc, utk], run, None, init=start, **teacher, device=device, progress=progress)
+    finetune_stage(polish, [dfdc, *utk], run, None, init=start, **teacher, device=device, progress=progress)
 
 
 def run_recipe(
@@ -371,15 +379,15 @@ def run_recipe(
     pipe = PipelineConfig(crop_size=cfg.crop_size, assume_cropped=True)
     with stage("preprocess"):
         manifests = {}
-        for name, shard in (("dfdc", (0, 1)), ("utkface", cfg.utk_shard)):
+        for name, shard in (("dfdc", (0, 1)), *(("utkface", s) for s in cfg.utk_shards)):
             report = preprocess(
                 [shared / name / "manifest.csv"], faces / name, config=pipe, workers=max(1, cfg.workers),
                 shard=shard, limit=cfg.limit, progress=progress,
             )  # fmt: skip
             if not report.ok:
                 raise RealfaceError(f"preprocessing {name} found no face")
-            manifests[name] = report.manifest
-        dfdc = manifests["dfdc"]
+            manifests.setdefault(name, []).append(report.manifest)
+        dfdc = manifests["dfdc"][0]
         reals = _write_reals_manifest(dfdc, faces / "dfdc-train-real.csv")
         utk = _utk_finetune_data(cfg, manifests["utkface"])
 
@@ -388,7 +396,7 @@ def run_recipe(
         with stage("pretrain"):
             pretrain_stage(cfg, [faces / "utkface", reals], pre_run, device=device, progress=progress)
 
-    ft_data = [dfdc, *([utk] if cfg.utk_reals else [])]
+    ft_data = [dfdc, *(utk if cfg.utk_reals else [])]
     teachers = [work / f"teacher{k}" for k in range(1, cfg.teachers + 1)]
     for k, run in enumerate(teachers, start=1):
         with stage(f"teacher {k}"):
@@ -453,14 +461,14 @@ def export_and_measure(
         polish = {"epochs_done": int(meta["epoch"]) + 1, "val_auc_per_epoch": _val_aucs(meta)}
         meta = json.loads((Path(start) / "last" / "meta.json").read_text())
     best = max(meta["history"], key=lambda e: e.get("val_auc", float("-inf")))
-    utk = f"UTKFace shard {cfg.utk_shard[0]}/{cfg.utk_shard[1]} reals" + (f" (one photo in {cfg.utk_every})" if cfg.utk_every > 1 else "")
+    utk = f"{_shards_text(cfg)} reals" + (f" (one photo in {cfg.utk_every})" if cfg.utk_every > 1 else "")
     fakes = [r["p_fake"] for r in ffpp if r["label"] == "fake" and r["p_fake"] is not None]
     originals = [r["p_fake"] for r in ffpp if r["label"] == "real" and r["p_fake"] is not None]
     return {
         "name": f"realface default ({preset})",
         "recipe": {"preset": preset, **asdict(cfg)},
         "data": {
-            "pretraining": f"real faces only: UTKFace shard {cfg.utk_shard[0]}/{cfg.utk_shard[1]} + DFDC train-split reals"
+            "pretraining": f"real faces only: {_shards_text(cfg)} + DFDC train-split reals"
             if cfg.pretrained else "none",
             "finetuning": "DFDC train split (real + labelled fakes)"
             + (f" + {utk}" if cfg.utk_reals else "")

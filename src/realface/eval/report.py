@@ -57,7 +57,12 @@ from realface.eval.thresholds import (
     REAL,
     UNCERTAIN,
     VIDEO_AGGREGATION,
+    Band,
     Threshold,
+    band_json,
+    band_sides,
+    band_text,
+    confident,
     coverage_accuracy_curve,
     decide,
     distance_confidence,
@@ -179,7 +184,7 @@ def as_face_scores(scores: Sequence[FaceScore] | Any) -> list[FaceScore]:
     return rows
 
 
-def complete_scores(rows: Sequence[FaceScore], threshold: float | Threshold, band: float) -> list[FaceScore]:
+def complete_scores(rows: Sequence[FaceScore], threshold: float | Threshold, band: Band) -> list[FaceScore]:
     """Fill missing confidences (distance to the threshold) and verdicts (`thresholds.decide`)."""
     scores = np.array([r.score for r in rows])
     distance = distance_confidence(scores, threshold)
@@ -248,14 +253,15 @@ def _clusters(keys: Sequence[str]) -> np.ndarray | None:
 
 
 def confident_band(
-    labels: np.ndarray, scores: np.ndarray, confidences: np.ndarray, threshold: float, band: float
+    labels: np.ndarray, scores: np.ndarray, confidences: np.ndarray, threshold: float, band: Band
 ) -> dict:
-    """Coverage and accuracy of the decisions with confidence >= band (the others are "uncertain")."""
-    kept = confidences >= band
+    """Coverage and accuracy of the decisions whose confidence reaches the band of their side (the others are
+    "uncertain")."""
+    kept = confident(scores, threshold, confidences, band)
     n_kept = int(kept.sum())
     correct = (scores >= threshold).astype(np.int64) == labels
     return {
-        "band": float(band),
+        "band": band_json(band),
         "coverage": n_kept / labels.size,
         "accuracy": float(correct[kept].mean()) if n_kept else None,
         "n_kept": n_kept,
@@ -289,7 +295,7 @@ def level_metrics(
     scores: np.ndarray,
     confidences: np.ndarray,
     threshold: float,
-    band: float,
+    band: Band,
     clusters: np.ndarray | None = None,
     *,
     bootstrap: int = 1000,
@@ -326,7 +332,7 @@ def _frame_ids(rows: Sequence[FaceScore]) -> np.ndarray:
 
 
 def video_level(
-    rows: Sequence[FaceScore], threshold: float, band: float, *, bootstrap: int = 1000, seed: int = 0,
+    rows: Sequence[FaceScore], threshold: float, band: Band, *, bootstrap: int = 1000, seed: int = 0,
     evidential: bool = False,
 ) -> dict | None:
     """Video-level metrics of the rows that name a video, per aggregation in `AGGREGATIONS`; None if none do.
@@ -372,7 +378,7 @@ def video_level(
 
 
 def dataset_metrics(
-    rows: Sequence[FaceScore], threshold: float | Threshold, band: float, *, bootstrap: int = 1000, seed: int = 0,
+    rows: Sequence[FaceScore], threshold: float | Threshold, band: Band, *, bootstrap: int = 1000, seed: int = 0,
     evidential: bool = False,
 ) -> dict:
     """All metrics of one dataset's rows (missing confidences filled in by `complete_scores`).
@@ -589,7 +595,7 @@ def model_fields(info: Mapping[str, Any]) -> list[list[str]]:
     if isinstance(threshold, Mapping) and "value" in threshold:
         rows.append(["stored threshold", f"{fmt(threshold['value'])} ({threshold.get('policy', '?')})"])
     if "band" in decision:
-        rows.append(["uncertain below confidence", f"{fmt(decision['band'])} ({decision.get('confidence', 'distance')})"])
+        rows.append(["uncertain below confidence", f"{band_text(decision['band'])} ({decision.get('confidence', 'distance')})"])
     if decision.get("temperature", 1.0) != 1.0:
         rows.append(["temperature", f"{float(decision['temperature']):.2f}"])
     if "auc" in val:
@@ -608,7 +614,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         f"# Evaluation report: {report['name']}", "",
         "## Model", "", markdown_grid(["field", "value"], model_fields(report["model"])), "",
-        f"Threshold {fmt(t['value'])} (policy {t['policy']}, {t['source']}); confidence band {fmt(report['band'])}; "
+        f"Threshold {fmt(t['value'])} (policy {t['policy']}, {t['source']}); confidence band {band_text(report['band'])}; "
         f"intervals: {report['bootstrap']['n']} bootstrap resamples, 95%. Fractions, not percent.", "",
         "## Summary", "", markdown_grid(*summary_table(report["datasets"])), "",
     ]
@@ -693,17 +699,17 @@ def plot_histograms(
     return _save(fig, path)
 
 
-def plot_coverage(labels: np.ndarray, scores: np.ndarray, confidences: np.ndarray, threshold: float, band: float,
+def plot_coverage(labels: np.ndarray, scores: np.ndarray, confidences: np.ndarray, threshold: float, band: Band,
                   path: Path, title: str) -> Path:
     """Accuracy of the confident decisions against their coverage, as the band rises; the chosen band marked."""
     coverage, acc, _ = coverage_accuracy_curve(labels, scores, confidences, threshold)
     chosen = confident_band(labels, scores, confidences, threshold, band)
     fig = _figure(4.5, 3.5)
     ax = fig.add_subplot()
-    ax.plot(coverage, acc, linewidth=1.5)
+    ax.plot(coverage, acc, linewidth=1.5, label="one band for both verdicts")
     if chosen["accuracy"] is not None:
-        ax.plot([chosen["coverage"]], [chosen["accuracy"]], "o", color="tab:red", label=f"band {band:.3f}")
-        ax.legend(fontsize=8)
+        ax.plot([chosen["coverage"]], [chosen["accuracy"]], "o", color="tab:red", label=f"band {band_text(band)}")
+    ax.legend(fontsize=8)
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("coverage (decided, not uncertain)")
     ax.set_ylabel("accuracy of decided faces")
@@ -821,7 +827,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h2>Decision</h2>",
         f"<p>Threshold <b>{_h(fmt(t['value']))}</b> (policy {_h(t['policy'])}"
         f"{_h(' ' + json.dumps(t['params'])) if t['params'] else ''}, {_h(t['source'])}): score &ge; threshold is "
-        f"fake. Confidence band {_h(fmt(report['band']))}: decisions with lower confidence are "
+        f"fake. Confidence band {_h(band_text(report['band']))}: decisions with lower confidence are "
         f"&ldquo;uncertain&rdquo;. Intervals: 95% percentile bootstrap, {_h(report['bootstrap']['n'])} resamples "
         f"of videos or groups where known. All values are fractions.</p>",
         "<h2>Summary</h2>", html_table(*summary_table(report["datasets"])),
@@ -883,7 +889,7 @@ def _error_records(errors: Mapping[str, Sequence[FaceScore]], threshold: float, 
     return out
 
 
-def _dataset_plots(rows: Sequence[FaceScore], metrics: Mapping[str, Any], threshold: float, band: float,
+def _dataset_plots(rows: Sequence[FaceScore], metrics: Mapping[str, Any], threshold: float, band: Band,
                    out_dir: Path, slug: str, name: str) -> dict[str, str]:
     """Write a dataset's ROC, histogram and coverage plots; {kind: path relative to out_dir}."""
     y = np.array([r.label for r in rows], dtype=np.int64)
@@ -916,7 +922,7 @@ def write_report(
     out_dir: Path,
     *,
     threshold: Threshold,
-    band: float,
+    band: Band,
     model_info: Mapping[str, Any],
     bootstrap: int = 1000,
     seed: int = 0,
@@ -933,8 +939,7 @@ def write_report(
     """
     if not isinstance(threshold, Threshold):
         raise RealfaceError(f"threshold must be a thresholds.Threshold (value and policy), got {threshold!r}")
-    if not 0.0 <= float(band) <= 1.0:
-        raise RealfaceError(f"confidence band must be in [0, 1], got {band}")
+    band_sides(band)  # checked before any work
     t = float(threshold)
     evidential = (model_info.get("decision") or {}).get("confidence") == "evidential"
     rows = complete_scores(as_face_scores(scores), t, band)
@@ -957,7 +962,7 @@ def write_report(
         "name": name,
         "model": dict(model_info),
         "threshold": {**threshold.to_dict(), "source": threshold_source},
-        "band": float(band),
+        "band": band_json(band),
         "bootstrap": {"n": int(bootstrap), "alpha": CI_ALPHA, "seed": int(seed)},
         "datasets": datasets,
         "files": files,

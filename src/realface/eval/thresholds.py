@@ -2,13 +2,15 @@
 
 A `Threshold` is fitted by a named policy from `THRESHOLD_POLICIES` and stored (as JSON) with the model,
 to be used at detection time instead of a fixed 0.5. `decide` then says "fake" when p >= t, "real"
-when p < t, and "uncertain" when the prediction's confidence is below a band; the band is chosen on
-validation data from the coverage/accuracy trade-off (`coverage_accuracy_curve`, `fit_confidence_band`).
+when p < t, and "uncertain" when the prediction's confidence is below a band (one for both verdicts, or
+one for "real" and one for "fake"); the band is chosen on validation data from the coverage/accuracy
+trade-off (`coverage_accuracy_curve`, `fit_confidence_band`, `fit_two_sided_band`).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,25 +187,61 @@ def distance_confidence(scores: Any, threshold: float | Threshold) -> np.ndarray
     return np.divide(dist, span, out=np.zeros_like(p), where=span > 0)
 
 
+# A confidence band: the least confidence of a "real" or "fake" verdict, one for both sides or a pair (real, fake).
+Band = float | tuple[float, float]
+
+
+def band_sides(band: Band | dict[str, float] | list[float]) -> tuple[float, float]:
+    """(real side, fake side) of a band given as one number, a pair, or {"real": r, "fake": f}; each in [0, 1]."""
+    if isinstance(band, dict):
+        band = (band.get("real", math.nan), band.get("fake", math.nan))
+    pair = tuple(band) if isinstance(band, (tuple, list)) else (band, band)
+    if len(pair) != 2 or not all(
+        isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= float(b) <= 1.0 for b in pair
+    ):
+        raise RealfaceError(f"confidence band must be in [0, 1] (one number, or one for real and one for fake), got {band!r}")
+    return float(pair[0]), float(pair[1])
+
+
+def band_json(band: Band) -> float | dict[str, float]:
+    """A band as stored in JSON: one number when both sides agree, else {"real": r, "fake": f}."""
+    real, fake = band_sides(band)
+    return real if real == fake else {"real": real, "fake": fake}
+
+
+def band_text(band: Band) -> str:
+    """A band for people: "0.486", or "0.335 (real), 0.556 (fake)"."""
+    real, fake = band_sides(band)
+    return f"{real:.3f}" if real == fake else f"{real:.3f} (real), {fake:.3f} (fake)"
+
+
+def confident(scores: Any, threshold: float | Threshold, confidences: Any, band: Band) -> np.ndarray:
+    """(N,) bool: the decisions whose confidence reaches the band of their side ("fake" when p >= threshold)."""
+    p = _probabilities(scores)
+    t = _threshold_value(threshold)
+    real, fake = band_sides(band)
+    c = distance_confidence(p, t) if confidences is None else _confidences(confidences, p.size)
+    return c >= np.where(p >= t, fake, real)
+
+
 def decide(
     scores: Any,
     threshold: float | Threshold,
     confidence: Any = None,
-    band: float = 0.0,
+    band: Band = 0.0,
 ) -> np.ndarray:
     """Three-way decisions: (N,) str array of "real", "fake" or "uncertain".
 
-    "fake" when p >= threshold, "real" otherwise, unless the confidence is below `band` (in [0, 1]):
-    then "uncertain". confidence: (N,) in [0, 1] supplied by the caller (e.g. evidential 1 - u), or
-    None for `distance_confidence(scores, threshold)`. band = 0 never says "uncertain".
+    "fake" when p >= threshold, "real" otherwise, unless the confidence is below the band of that side (`band`:
+    one number in [0, 1] for both, or a pair (real, fake)): then "uncertain". confidence: (N,) in [0, 1] supplied
+    by the caller (e.g. evidential 1 - u), or None for `distance_confidence(scores, threshold)`. band = 0 never
+    says "uncertain".
     """
     p = _probabilities(scores)
     t = _threshold_value(threshold)
-    if not 0.0 <= float(band) <= 1.0:
-        raise RealfaceError(f"confidence band must be in [0, 1], got {band}")
-    c = distance_confidence(p, t) if confidence is None else _confidences(confidence, p.size)
+    kept = confident(p, t, confidence, band)
     out = np.where(p >= t, FAKE, REAL).astype("<U9")
-    out[c < band] = UNCERTAIN
+    out[~kept] = UNCERTAIN
     return out
 
 
@@ -267,6 +305,51 @@ def fit_confidence_band(
     return float(bands[reached[0]])
 
 
+def fit_two_sided_band(
+    labels: Any, scores: Any, confidences: Any, threshold: float | Threshold, target_accuracy: float = BAND_ACCURACY
+) -> tuple[float, float]:
+    """The band (real, fake) that keeps the most validation decisions at `target_accuracy` or above.
+
+    A "real" and a "fake" verdict need not be equally sure to be equally right: a detector may be trustworthy on
+    reals from a small distance to the threshold and on fakes only from a large one, or the other way around. So
+    each side gets its own least confidence, and of all pairs the one that keeps the most faces with the kept
+    decisions' accuracy >= target is returned (exact: the symmetric band of `fit_confidence_band` is one of the
+    pairs, so this keeps at least as many). Raises when no pair reaches the target.
+    """
+    y, p = as_binary_inputs(labels, scores, both_classes=False)
+    p = _probabilities(p)
+    t = _threshold_value(threshold)
+    target = float(target_accuracy)
+    if not 0.0 < target <= 1.0:
+        raise RealfaceError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
+    c = distance_confidence(p, t) if confidences is None else _confidences(confidences, p.size)
+    fake_side = p >= t
+    sides = []
+    for side in (~fake_side, fake_side):  # real, fake
+        cs, right = c[side], (y[side] == 1) == fake_side[side]
+        order = np.argsort(-cs, kind="mergesort")  # most confident first: keeping the first k is a band
+        cs, right = cs[order], right[order]
+        # surplus[k]: sum over the first k kept of (correct - target); the whole pair is fine when the sides' sum >= 0
+        surplus = np.r_[0.0, np.cumsum(right - target)]
+        # a band cannot split faces of equal confidence, nor keep none of a side's faces of confidence 1
+        cut_ok = np.r_[cs[:1] < 1.0, cs[1:] < cs[:-1], True] if cs.size else np.array([True])
+        surplus[~cut_ok] = -np.inf
+        bands = np.r_[1.0, cs]  # band keeping the first k: the k-th confidence (k = 0: none, 1 above all of them)
+        sides.append((surplus, bands))
+    (s_real, b_real), (s_fake, b_fake) = sides
+    # For each number kept on the real side, the most kept on the fake side with s_real + s_fake >= 0: the last k
+    # whose suffix maximum of s_fake reaches -s_real (that suffix maximum falls as k grows).
+    suffix_max = np.maximum.accumulate(s_fake[::-1])[::-1]
+    k_real = np.flatnonzero(np.isfinite(s_real))
+    need = -s_real[k_real] - 1e-9 * p.size  # cumulative sums of (0/1 - target) carry rounding
+    k_fake = np.searchsorted(-suffix_max, -need, side="right") - 1
+    kept = np.where(k_fake >= 0, k_real + k_fake, 0)
+    if kept.max() == 0:
+        raise RealfaceError(f"no confidence band reaches accuracy {target:.3f} on these data")
+    best = int(np.argmax(kept))
+    return float(b_real[k_real[best]]), float(b_fake[k_fake[best]])
+
+
 VIDEO_AGGREGATION = "confidence_weighted"  # how `video_verdict` pools a video's frames (realface.eval.aggregate)
 
 
@@ -281,7 +364,7 @@ class VideoVerdict:
 
 
 def video_verdict(
-    scores: Any, confidences: Any, threshold: float, band: float, evidential: bool = False, top: int = 3
+    scores: Any, confidences: Any, threshold: float, band: Band, evidential: bool = False, top: int = 3
 ) -> VideoVerdict:
     """The one decision rule for a video. scores, confidences: (N,) of its frames' faces.
 

@@ -163,9 +163,10 @@ def fit_decision(
        the calibrated p(fake) = sigmoid(logit(p) / T).
     2. The threshold on calibrated p(fake), by `policy` (realface.eval.thresholds).
     3. The confidence band. Confidence is 1 - uncertainty for evidential detectors, else the distance of the
-       calibrated p(fake) from the threshold (realface.eval.thresholds.distance_confidence). The band is the
-       smallest confidence at which the kept validation faces reach `target_accuracy` (90%); when no band does,
-       the band that keeps 80% of them.
+       calibrated p(fake) from the threshold (realface.eval.thresholds.distance_confidence). The band holds one
+       least confidence for "real" verdicts and one for "fake" verdicts: of all such pairs, the one that keeps the
+       most validation faces whose verdicts reach `target_accuracy` (90%; `fit_two_sided_band`). When no pair
+       does, one band for both that keeps 80% of them.
     """
     from realface.eval.calibration import (
         apply_temperature,
@@ -176,8 +177,11 @@ def fit_decision(
     from realface.eval.metrics import binary_report
     from realface.eval.thresholds import (
         distance_confidence,
+        band_json,
+        confident,
         fit_confidence_band,
         fit_threshold,
+        fit_two_sided_band,
     )
 
     # Only softening (T >= 1) is applied: on a small or separable validation set the NLL keeps falling as T -> 0,
@@ -188,16 +192,16 @@ def fit_decision(
     kind = "evidential" if uncertainty is not None else "distance"
     conf = 1.0 - uncertainty if uncertainty is not None else distance_confidence(calibrated, threshold.value)
     try:
-        band = fit_confidence_band(labels, calibrated, conf, threshold.value, target_accuracy=target_accuracy)
+        band = fit_two_sided_band(labels, calibrated, conf, threshold.value, target_accuracy=target_accuracy)
     except RealfaceError:
         band = fit_confidence_band(labels, calibrated, conf, threshold.value, target_coverage=0.8)
-    kept = conf >= band
+    kept = confident(calibrated, threshold.value, conf, band)
     report = binary_report(labels, calibrated, threshold.value)
     return {
         "threshold": threshold.to_dict(),
         "temperature": float(temperature),
         "confidence": kind,
-        "band": float(band),
+        "band": band_json(band),
         "val": {
             **{k: v for k, v in report.items() if isinstance(v, (int, float))},
             "coverage": float(kept.mean()),
