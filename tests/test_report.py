@@ -333,8 +333,13 @@ def test_report_thumbnails_from_real_face_crops(shared_data: Path, tmp_path: Pat
     rows.append(FaceScore(dataset="dfdc", path=str(tmp_path / "broken.jpg"), label=0, score=0.98))
     threshold = Threshold(0.5, "eer")
     out = tmp_path / "report"
-    report = write_report(rows, out, threshold=threshold, band=0.1, model_info={}, bootstrap=50)
+    report = write_report(rows, out, threshold=threshold, band=(0.1, 0.3), model_info={}, bootstrap=50)
 
+    # a band per side: "real" from confidence 0.1 (p < 0.45), "fake" from 0.3 (p >= 0.65)
+    assert report["band"] == {"real": 0.1, "fake": 0.3}
+    confident = report["datasets"]["dfdc"]["frame"]["confident"]
+    assert confident["n_kept"] == sum(r.score < 0.45 or r.score >= 0.65 for r in rows)
+    assert "0.100 (real), 0.300 (fake)" in (out / "report.md").read_text()
     errors = report["datasets"]["dfdc"]["hardest_errors"]
     fp, fn = errors["false_positives"], errors["false_negatives"]
     expected_fp = sorted((r for r in rows if r.label == 0 and r.score >= 0.5), key=lambda r: -r.score)[:8]
