@@ -27,6 +27,8 @@ def test_recipe_exports_weights_with_a_model_card(tiny_recipe):
     assert config["kind"] == "detector-export"
     card = config["card"]
     assert card["recipe"]["preset"] == "tiny" and set(card["wall_time_s"]) >= {"pretrain", "finetune", "polish"}
+    # the decision rule stored with the weights is the one fitted on the exported (fp16) weights and measured
+    assert config["decision"]["val"] == card["dfdc_val"] and config["decision"]["threshold"]["value"] == card["dfdc_val"]["threshold"]
     # the polish stage continued the fine-tuned detector with UTKFace's reals added
     polish = ckpt.read_json(tiny_recipe.parent / "work" / "polish" / "config.json")
     assert polish["init"] == str(tiny_recipe.parent / "work" / "finetune")

@@ -438,6 +438,7 @@ def export_and_measure(
     from realface.data.labelled import DetectionFaces, build_items
     from realface.eval.localization import localization_report
     from realface.faces.manifest import read_face_manifest
+    from realface.train import checkpoint as ckpt
     from realface.train.finetune import calibration_batch, fit_decision, score_dataset
 
     bundle = load_bundle(ft_run)
@@ -448,6 +449,8 @@ def export_and_measure(
     probs, unc = score_dataset(shipped.detector, val_set, 64, cfg.workers)
     decision = Decision.from_json(fit_decision(val_set.labels(), probs, unc))
     shipped = replace(shipped, decision=decision)
+    config = ckpt.read_json(Path(export_to) / ckpt.CONFIG)  # the rule fitted on what ships is the rule that ships
+    ckpt.write_json(Path(export_to) / ckpt.CONFIG, {**config, "decision": decision.to_json()})
     ffpp = measure_ffpp(Model.from_bundle(shipped), shared, cfg.frames)
     robustness = measure_robustness(shipped, val_records, probs, cfg.workers)
     where = None
@@ -553,7 +556,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f" {val['threshold']:.3f} | {val['coverage']:.3f} |",
         "",
         "The threshold is fitted (EER point) on this same val split, so balanced accuracy there is optimistic."
-        f" The confident band keeps the faces on which verdicts reach {BAND_ACCURACY:.0%} accuracy on val;"
+        f" The confident band (a least confidence for \"real\" verdicts and one for \"fake\") keeps the most faces"
+        f" on which verdicts reach {BAND_ACCURACY:.0%} accuracy on val, where it is fitted;"
         f" expected calibration error after temperature scaling: {val.get('ece_after', float('nan')):.3f}.",
         "",
         *_robustness_lines(card.get("dfdc_val_robustness")),
