@@ -41,17 +41,20 @@ def test_group_rates_equal_hand_computed_values() -> None:
     a, b = t["groups"]["a"], t["groups"]["b"]
     assert (a["n"], a["n_real"], a["n_fake"]) == (6, 4, 2)
     assert a["fpr"] == 2 / 4  # 0.9 and 0.7 of 4 reals are >= 0.5
+    assert a["told_fake"] == 2 / 4  # ... and both confident
     assert a["fnr"] == 1 / 2  # 0.3 of 2 fakes is < 0.5
     assert a["uncertain"] == pytest.approx(1 / 6)
     assert a["auc"] == 5 / 8  # 0.8 beats 3 reals, 0.3 beats 2, of 4 x 2 pairs
     # a group with one class: the rates it cannot have are None, with a note; no NaN anywhere
     assert (b["n"], b["n_real"], b["n_fake"]) == (3, 3, 0)
     assert b["fpr"] == pytest.approx(2 / 3) and b["uncertain"] == pytest.approx(2 / 3)
+    assert b["told_fake"] == 0.0  # both reals at 0.6 are above the threshold but "uncertain": told nothing
     assert b["fnr"] is None and b["auc"] is None and b["ci"]["fnr"] is None and b["ci"]["auc"] is None
     assert t["notes"] == ["only real faces in b: FNR and AUC are n/a there"]
     gap = t["gaps"]["fpr"]
     assert gap["value"] == pytest.approx(2 / 3 - 1 / 2) and (gap["highest"], gap["lowest"]) == ("b", "a")
     assert t["gaps"]["uncertain"]["value"] == pytest.approx(2 / 3 - 1 / 6)
+    assert t["gaps"]["told_fake"]["value"] == 2 / 4 and t["gaps"]["told_fake"]["highest"] == "a"
     assert t["gaps"]["fnr"] is None and t["gaps"]["auc"] is None  # only one group has fakes
     json.loads(json.dumps(t, allow_nan=False), parse_constant=_no_nan)
     for record in t["groups"].values():
@@ -207,6 +210,7 @@ def test_report_shows_groups_in_every_output(tmp_path: Path) -> None:
         assert record["fpr"] == pytest.approx(by_hand[name])
         assert record["fnr"] == pytest.approx(np.mean([r.score < 0.5 for r in fakes]))
         assert record["uncertain"] == pytest.approx(np.mean([r.verdict == "uncertain" for r in members]))
+        assert record["told_fake"] == pytest.approx(np.mean([r.verdict == "fake" for r in reals]))
         assert record["ci"]["fpr"][0] <= record["fpr"] <= record["ci"]["fpr"][1]
     assert table["gaps"]["fpr"]["value"] == pytest.approx(max(by_hand.values()) - min(by_hand.values()))
     set_rows = [r for r in scored if r.dataset == "set"]
@@ -312,6 +316,7 @@ def test_fairness_benchmark_draws_from_the_shard_preprocess_takes(tiny_model: Pa
     assert list(groups["columns"]) == ["race", "gender", "age"]  # named by the protocol file the script wrote
     overall = groups["overall"]
     assert f"| all faces | 20 | {overall['fpr']:.3f} [" in text and "- overall FPR <= 0.1: **" in text
+    assert f"] | {overall['told_fake']:.3f} [" in text.split("| all faces |")[1].splitlines()[0]  # the told-fake column
     assert text.count("interval included: **") == 3 and text in done.stdout
 
 

@@ -5,6 +5,8 @@ than another it harms that group more. `Grouping` says which manifest columns fo
 values read (codes as words, ages binned into ranges); `group_table` gives, for the groups of one column,
 at the threshold:
 - `fpr`: false-positive rate, the share of real faces called fake (`score >= threshold`);
+- `told_fake`: the share of real faces *told* "fake": called fake and confident (not "uncertain"), the false
+  accusations a user of `detect` sees;
 - `fnr`: false-negative rate, the share of fakes called real (`score < threshold`);
 - `uncertain`: the share of faces whose verdict is "uncertain" (confidence below the model's band);
 - `auc`: ROC AUC, where the group holds both classes;
@@ -35,9 +37,10 @@ from realface.eval.metrics import cluster_resamples, roc_auc
 AGE_COLUMN = "age"  # the column binned into age ranges
 DEFAULT_AGE_BINS: tuple[int, ...] = (0, 13, 20, 40, 60)  # lower edges, years: 0-12, 13-19, 20-39, 40-59, 60+
 UNKNOWN = "unknown"  # the group of rows with no usable value; shown, but never counted in a gap
-RATES = ("fpr", "fnr", "uncertain", "auc")
+RATES = ("fpr", "told_fake", "fnr", "uncertain", "auc")
 RATE_TITLES = {
     "fpr": "FPR (reals called fake)",
+    "told_fake": 'reals told "fake"',
     "fnr": "FNR (fakes called real)",
     "uncertain": "uncertain",
     "auc": "AUC",
@@ -149,12 +152,13 @@ def group_order(names: Sequence[str]) -> list[str]:
 def group_rates(labels: np.ndarray, scores: np.ndarray, uncertain: np.ndarray, threshold: float) -> dict:
     """Every rate of RATES for one set of faces: labels (N,) 0/1, scores (N,), uncertain (N,) bool.
 
-    None where undefined: fpr without reals, fnr without fakes, auc without both classes.
+    None where undefined: fpr and told_fake without reals, fnr without fakes, auc without both classes.
     """
     real, fake = labels == 0, labels == 1
     called = scores >= threshold
     return {
         "fpr": float(called[real].mean()) if real.any() else None,
+        "told_fake": float((called & ~uncertain)[real].mean()) if real.any() else None,
         "fnr": float((~called[fake]).mean()) if fake.any() else None,
         "uncertain": float(uncertain.mean()),
         "auc": roc_auc(labels, scores) if real.any() and fake.any() else None,
@@ -251,7 +255,7 @@ def _notes(table: Mapping[str, Mapping]) -> list[str]:
         notes.append(f"only real faces in {which}: FNR and AUC are n/a there")
     if only_fake:
         which = "every group" if len(only_fake) == len(table) else ", ".join(only_fake)
-        notes.append(f"only fake faces in {which}: FPR and AUC are n/a there")
+        notes.append(f"only fake faces in {which}: FPR, reals told fake and AUC are n/a there")
     if UNKNOWN in table:
         notes.append(f"{UNKNOWN}: faces with no usable value in this column; not counted in the gaps")
     unsure = [n for n, r in table.items() if any(r[m] is not None and r["ci"][m] is None for m in RATES)]
