@@ -190,6 +190,7 @@ def _utk_finetune_data(cfg: RecipeConfig, manifests: list[Path]) -> list[Path]:
     writes it, so the sample spreads over ages, genders and races)."""
     if cfg.utk_every == 1:
         return [manifests[0].parent]
+
     def subset(m: Path) -> Path:  # utkface-every3.csv, or utkface-manifest.shard0of3-every3.csv for several shards
         name = m.parent.name + (f"-{m.stem}" if len(manifests) > 1 else "") + f"-every{cfg.utk_every}.csv"
         return _write_manifest_subset(m, m.parent.with_name(name), lambda i, _: i % cfg.utk_every == 0)

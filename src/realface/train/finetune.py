@@ -176,9 +176,9 @@ def fit_decision(
     )
     from realface.eval.metrics import binary_report
     from realface.eval.thresholds import (
-        distance_confidence,
         band_json,
         confident,
+        distance_confidence,
         fit_confidence_band,
         fit_threshold,
         fit_two_sided_band,
