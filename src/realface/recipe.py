@@ -557,8 +557,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f" {val['threshold']:.3f} | {val['coverage']:.3f} |",
         "",
         "The threshold is fitted (EER point) on this same val split, so balanced accuracy there is optimistic."
-        f" The confident band (a least confidence for \"real\" verdicts and one for \"fake\") keeps the most faces"
-        f" on which verdicts reach {BAND_ACCURACY:.0%} accuracy on val, where it is fitted;"
+        f" The confident band holds a least confidence for \"real\" verdicts and one for \"fake\", each as low as"
+        f" it can be while the faces told that verdict are right {BAND_ACCURACY:.0%} of the time on val, where it is fitted;"
         f" expected calibration error after temperature scaling: {val.get('ece_after', float('nan')):.3f}.",
         "",
         *_robustness_lines(card.get("dfdc_val_robustness")),

@@ -306,15 +306,22 @@ def fit_confidence_band(
 
 
 def fit_two_sided_band(
-    labels: Any, scores: Any, confidences: Any, threshold: float | Threshold, target_accuracy: float = BAND_ACCURACY
+    labels: Any,
+    scores: Any,
+    confidences: Any,
+    threshold: float | Threshold,
+    target_accuracy: float = BAND_ACCURACY,
+    pooled: bool = False,
 ) -> tuple[float, float]:
     """The band (real, fake) that keeps the most validation decisions at `target_accuracy` or above.
 
     A "real" and a "fake" verdict need not be equally sure to be equally right: a detector may be trustworthy on
     reals from a small distance to the threshold and on fakes only from a large one, or the other way around. So
-    each side gets its own least confidence, and of all pairs the one that keeps the most faces with the kept
-    decisions' accuracy >= target is returned (exact: the symmetric band of `fit_confidence_band` is one of the
-    pairs, so this keeps at least as many). Raises when no pair reaches the target.
+    each side gets its own least confidence. By default each verdict must reach the target on its own (of the
+    faces told "real", at least that share real; likewise "fake"), the promise a user told either can rely on,
+    and each side keeps the most faces it can. pooled=True asks it only of all kept decisions together and returns
+    the pair that keeps the most (exact over all pairs; it may keep more by letting one verdict fall below the
+    target while the other exceeds it). Raises when no band reaches the target.
     """
     y, p = as_binary_inputs(labels, scores, both_classes=False)
     p = _probabilities(p)
@@ -324,12 +331,13 @@ def fit_two_sided_band(
         raise RealfaceError(f"target_accuracy must be in (0, 1], got {target_accuracy}")
     c = distance_confidence(p, t) if confidences is None else _confidences(confidences, p.size)
     fake_side = p >= t
+    slack = 1e-9 * p.size  # cumulative sums of (0/1 - target) carry rounding
     sides = []
     for side in (~fake_side, fake_side):  # real, fake
         cs, right = c[side], (y[side] == 1) == fake_side[side]
         order = np.argsort(-cs, kind="mergesort")  # most confident first: keeping the first k is a band
         cs, right = cs[order], right[order]
-        # surplus[k]: sum over the first k kept of (correct - target); the whole pair is fine when the sides' sum >= 0
+        # surplus[k]: sum over the first k kept of (correct - target); kept faces reach the target where it is >= 0
         surplus = np.r_[0.0, np.cumsum(right - target)]
         # a band cannot split faces of equal confidence, nor keep none of a side's faces of confidence 1
         cut_ok = np.r_[cs[:1] < 1.0, cs[1:] < cs[:-1], True] if cs.size else np.array([True])
@@ -337,12 +345,16 @@ def fit_two_sided_band(
         bands = np.r_[1.0, cs]  # band keeping the first k: the k-th confidence (k = 0: none, 1 above all of them)
         sides.append((surplus, bands))
     (s_real, b_real), (s_fake, b_fake) = sides
+    if not pooled:
+        k_real, k_fake = (int(np.flatnonzero(s >= -slack)[-1]) if (s >= -slack).any() else -1 for s in (s_real, s_fake))
+        if k_real < 0 or k_fake < 0 or k_real + k_fake == 0:
+            raise RealfaceError(f"no confidence band reaches accuracy {target:.3f} on both verdicts on these data")
+        return float(b_real[k_real]), float(b_fake[k_fake])
     # For each number kept on the real side, the most kept on the fake side with s_real + s_fake >= 0: the last k
     # whose suffix maximum of s_fake reaches -s_real (that suffix maximum falls as k grows).
     suffix_max = np.maximum.accumulate(s_fake[::-1])[::-1]
     k_real = np.flatnonzero(np.isfinite(s_real))
-    need = -s_real[k_real] - 1e-9 * p.size  # cumulative sums of (0/1 - target) carry rounding
-    k_fake = np.searchsorted(-suffix_max, -need, side="right") - 1
+    k_fake = np.searchsorted(-suffix_max, s_real[k_real] + slack, side="right") - 1
     kept = np.where(k_fake >= 0, k_real + k_fake, 0)
     if kept.max() == 0:
         raise RealfaceError(f"no confidence band reaches accuracy {target:.3f} on these data")

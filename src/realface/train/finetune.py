@@ -164,9 +164,9 @@ def fit_decision(
     2. The threshold on calibrated p(fake), by `policy` (realface.eval.thresholds).
     3. The confidence band. Confidence is 1 - uncertainty for evidential detectors, else the distance of the
        calibrated p(fake) from the threshold (realface.eval.thresholds.distance_confidence). The band holds one
-       least confidence for "real" verdicts and one for "fake" verdicts: of all such pairs, the one that keeps the
-       most validation faces whose verdicts reach `target_accuracy` (90%; `fit_two_sided_band`). When no pair
-       does, one band for both that keeps 80% of them.
+       least confidence for "real" verdicts and one for "fake" verdicts, each as low as it can be while the
+       validation faces told that verdict are right `target_accuracy` (90%) of the time (`fit_two_sided_band`).
+       When a verdict cannot reach it, one band for both that keeps 80% of the faces.
     """
     from realface.eval.calibration import (
         apply_temperature,
