@@ -345,8 +345,9 @@ def fit_two_sided_band(
         bands = np.r_[1.0, cs]  # band keeping the first k: the k-th confidence (k = 0: none, 1 above all of them)
         sides.append((surplus, bands))
     (s_real, b_real), (s_fake, b_fake) = sides
-    if not pooled:
-        k_real, k_fake = (int(np.flatnonzero(s >= -slack)[-1]) if (s >= -slack).any() else -1 for s in (s_real, s_fake))
+    if not pooled:  # each side on its own: the most faces it keeps with its own surplus >= 0 (-1: no band does)
+        reached = [np.flatnonzero(s >= -slack) for s in (s_real, s_fake)]
+        k_real, k_fake = (int(r[-1]) if r.size else -1 for r in reached)
         if k_real < 0 or k_fake < 0 or k_real + k_fake == 0:
             raise RealfaceError(f"no confidence band reaches accuracy {target:.3f} on both verdicts on these data")
         return float(b_real[k_real]), float(b_fake[k_fake])
