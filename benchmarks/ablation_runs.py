@@ -12,7 +12,8 @@ runs measured while other jobs shared the cores cannot be compared by their wall
     python benchmarks/ablation_runs.py runs/ftA runs/ftP96 [--rates rates.json] [--bootstrap 1000]
 
 rates.json: {"finetune": {"resnet18@128": 24.0, "resnet18@96:channels_last": 39.1, ...}, "pretrain": {...}} in
-faces/s; an entry with `:LAYOUT` prices runs whose config.json records that memory layout (see `rate_key`).
+faces/s; an entry with `:LAYOUT` prices runs whose config.json records that memory layout, one starting with
+`DETECTOR:` runs of a detector other than the classifier (see `rate_key`); a run with no entry is not priced.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def val_auc(run: Path, bootstrap: int) -> tuple[float, tuple[float, float]]:
 def rate_key(key: str, config: dict, rates: dict) -> str:
     """The rates entry of a run trained as `key` (encoder@side): `key:channels_last` when the run's config records
     that layout and the rates have that entry, else `key` (a run without a recorded layout was trained contiguous,
-    as every run before 2026-12-04 was)."""
+    as every run before 2026-12-04 was); `DETECTOR:key...` for a detector other than the classifier (e.g.
+    `competitive`, two encoders a face), whose rate is its own."""
+    detector = config.get("detector", {}).get("name", "classifier")
+    if detector not in ("classifier", "vit"):
+        key = f"{detector}:{key}"
     layout = config.get("layout", "contiguous")
     return f"{key}:{layout}" if f"{key}:{layout}" in rates else key
 

@@ -155,12 +155,14 @@ def test_shipped_weights_score_a_real_face_crop_deterministically(shared_data):
 
 def test_project_model_card_is_the_shipped_card_plus_its_fairness_section():
     """MODEL_CARD.md at the top of the project describes the weights that ship: it opens with the card the recipe
-    wrote into the package (numbers included) and adds the fairness section measured on them."""
+    wrote into the package (numbers included) and adds what it can and cannot do (its known failure modes, the
+    ablation it came from) and the fairness section measured on them."""
     repo = Path(__file__).resolve().parents[1]
     shipped = (repo / "src" / "realface" / "weights" / "default" / "MODEL_CARD.md").read_text()
     project = (repo / "MODEL_CARD.md").read_text()
     assert project.startswith(shipped.rstrip("\n"))
-    assert "## Fairness" in project[len(shipped.rstrip()) :]
+    added = project[len(shipped.rstrip()) :]
+    assert "**Known failure modes.**" in added and "ablation" in added and "## Fairness" in added
 
 
 def test_video_faces_scored_while_decoding_equal_scoring_them_afterwards(tiny_model, shared_data):

@@ -139,22 +139,26 @@ def test_every_recipe_preset_can_be_named_on_the_command_line():
 def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tmp_path):
     """polish_teacher: the polish is taught by the fine-tuned detector it continues, at that weight, on the DFDC faces
     only (the photos it learns are real are not taught); the card says so. With two UTKFace shards (utk_shards) the
-    polish reads every third photo of each."""
+    polish reads every third photo of each. polish_sbi_ratio sets the polish's SBI pseudo-fakes apart from the
+    fine-tuning's."""
     from dataclasses import replace
 
     from realface.errors import RealfaceError
     from realface.faces.manifest import read_face_manifest
     from realface.recipe import PRESETS, run_recipe
 
-    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=2.0, utk_shards=((0, 2), (1, 2)))
+    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=2.0, utk_shards=((0, 2), (1, 2)), polish_sbi_ratio=1.0)
     work = tmp_path / "work"
     run_recipe(shared_data, work, cfg, export_to=tmp_path / "weights", preset="tiny", progress=False)
     polish = ckpt.read_json(work / "polish" / "config.json")
     assert polish["init"] == polish["teachers"][0] == str(work / "finetune") and len(polish["teachers"]) == 1
     assert polish["teacher_data"] == [polish["data"][0]] and "dfdc" in polish["data"][0] and len(polish["data"]) == 3
-    assert polish["teacher_weight"] == 2.0 and "teachers" not in ckpt.read_json(work / "finetune" / "config.json")
+    finetune = ckpt.read_json(work / "finetune" / "config.json")
+    assert polish["teacher_weight"] == 2.0 and "teachers" not in finetune
+    assert (finetune["sbi_ratio"], polish["sbi_ratio"]) == (cfg.sbi_ratio, 1.0) == (0.5, 1.0)
     card = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
     assert "while keeping its own p(fake) on the DFDC faces" in card and "UTKFace shards 0/2 and 1/2" in card
+    assert "SBI pseudo-fakes x1.0 made from all its reals" in card
     faces = work / "faces"
     for i, subset in enumerate(polish["data"][1:]):
         assert subset == str(faces / f"utkface-manifest.shard{i}of2-every3.csv")
@@ -162,6 +166,8 @@ def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tm
         assert [r.path.resolve() for r in read_face_manifest(Path(subset))] == [r.path.resolve() for r in shard[::3]]
     with pytest.raises(RealfaceError, match=r"finetune was made with other recipe settings \(utk_shards differ"):
         run_recipe(shared_data, work, replace(cfg, utk_shards=((0, 2),)), export_to=tmp_path / "other", progress=False)
+    with pytest.raises(RealfaceError, match="pseudo-fakes per real face: 0 or more"):
+        replace(cfg, polish_sbi_ratio=-0.5)
 
 
 def test_recipe_distils_teachers_it_trains_first(shared_data, tmp_path):
