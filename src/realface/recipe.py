@@ -113,7 +113,7 @@ PRESETS: dict[str, RecipeConfig] = {
     # 19 epochs of ResNet-18 at 96 px on DFDC's fakes in paired batches, no SBI (BENCHMARKS.md "DFDC fakes alone at
     # equal minutes": 0.887 on DFDC val), then the polish with all of the shard's photos and SBI x0.5 made from all its
     # reals while the model keeps its own p(fake) on the DFDC faces ("Polishing the SBI-free detector": 0.881, 3.7% of
-    # unseen photos called fake). The shipped default's chain since 2026-12-04, late night.
+    # unseen photos called fake). The shipped default's chain since 2026-12-05.
     "cpu": RecipeConfig(utk_every=1, polish_teacher=1.0, polish_sbi_ratio=0.5),
     # The chain that made the default model until 2026-12 (ViT-tiny, DFDC val AUC 0.575), for comparison.
     "cpu-vit": RecipeConfig(
@@ -341,10 +341,9 @@ def polish_stage(
     cfg: RecipeConfig, dfdc: Path, utk: list[Path], run: Path, start: Path, *, device: str = "auto", progress: bool = True
 ) -> None:
     """Continue the finished fine-tuning stage `start` for `cfg.polish_epochs` at `cfg.polish_blr` on the DFDC
-    manifest and the UTKFace shard's reals (SBI made from both at `polish_sbi_ratio`, if any), balanced over
-    `cfg.balance_groups` if any; with
-    `cfg.polish_teacher` > 0 it also learns `start`'s own p(fake) on the DFDC faces (at that weight), so that
-    learning the photos costs less of what it knew there ("learning without forgetting").
+    manifest and the UTKFace shard's reals (SBI made from both at `polish_sbi`, if any), balanced over
+    `cfg.balance_groups` if any; with `cfg.polish_teacher` > 0 it also learns `start`'s own p(fake) on the DFDC faces
+    (at that weight), so that learning the photos costs less of what it knew there ("learning without forgetting").
 
     Why (issue 16, README "Fairness"): a detector that learned real faces from DFDC's video frames alone calls 45% of
     ordinary photos fake. Two epochs that also show it UTKFace's photos of every age and origin as real, with the same
