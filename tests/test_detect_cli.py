@@ -163,6 +163,9 @@ def test_project_model_card_is_the_shipped_card_plus_its_fairness_section():
     assert project.startswith(shipped.rstrip("\n"))
     added = project[len(shipped.rstrip()) :]
     assert "**Known failure modes.**" in added and "ablation" in added and "## Fairness" in added
+    # and it is what benchmarks/project_card.py assembles from the package card and README.md, not a stale copy
+    check = subprocess.run([sys.executable, str(repo / "benchmarks" / "project_card.py"), "--check"], timeout=60)
+    assert check.returncode == 0
 
 
 def test_video_faces_scored_while_decoding_equal_scoring_them_afterwards(tiny_model, shared_data):
