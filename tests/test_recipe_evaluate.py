@@ -48,6 +48,44 @@ def test_recipe_exports_weights_with_a_model_card(tiny_recipe):
     assert "FF++ sample videos" in (tiny_recipe / "MODEL_CARD.md").read_text()
 
 
+def test_recipe_ships_its_operating_point_for_few_false_alarms(tiny_recipe):
+    """threshold_fpr: the shipped threshold is the lowest at which at most that share of the DFDC val reals score at
+    or above it (target_fpr), fitted on the exported weights' val scores; the card says so. None = the EER point."""
+    from dataclasses import replace
+
+    from realface.errors import RealfaceError
+    from realface.recipe import PRESETS, threshold_rule
+
+    config = ckpt.read_json(tiny_recipe / "config.json")
+    val = config["card"]["dfdc_val"]
+    assert config["decision"]["threshold"]["policy"] == "target_fpr"
+    assert config["decision"]["threshold"]["params"] == {"fpr": PRESETS["tiny"].threshold_fpr} == {"fpr": 0.05}
+    assert val["n_real"] > 0 and val["fp"] <= 0.05 * val["n_real"]
+    assert "at most 5% of the val reals score at or above it" in (tiny_recipe / "MODEL_CARD.md").read_text()
+    assert threshold_rule(replace(PRESETS["tiny"], threshold_fpr=None)) == ("eer", {})
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(RealfaceError, match="threshold_fpr is a share of the val reals"):
+            replace(PRESETS["tiny"], threshold_fpr=bad)
+
+
+def test_recipe_threshold_fpr_option_refits_only_the_exported_rule(tiny_recipe, shared_data, capsys):
+    """`recipe --threshold-fpr eer` reuses the finished stages and exports the same weights with the EER point."""
+    work, other = tiny_recipe.parent / "work", tiny_recipe.parent / "eer"
+    stamp = (work / "polish" / "last" / "meta.json").stat().st_mtime_ns
+    args = ["recipe", "--scale", "tiny", "--shared", str(shared_data), "--work", str(work), "--export", str(other),
+            "--no-progress", "--threshold-fpr", "eer"]  # fmt: skip
+    assert main(args) == 0
+    assert (work / "polish" / "last" / "meta.json").stat().st_mtime_ns == stamp  # nothing retrained
+    config = ckpt.read_json(other / "config.json")
+    assert config["decision"]["threshold"]["policy"] == "eer" and config["card"]["recipe"]["threshold_fpr"] is None
+    assert (other / "model.safetensors").read_bytes() == (tiny_recipe / "model.safetensors").read_bytes()
+    assert "the EER point." in (other / "MODEL_CARD.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recipe", "--scale", "tiny", "--threshold-fpr", "1.5"])
+    assert exit_info.value.code == 2 and "share of the val reals in (0, 1)" in capsys.readouterr().err
+
+
 def test_recipe_refuses_to_reuse_a_stage_made_with_other_settings(tiny_recipe, shared_data):
     from dataclasses import replace
 

@@ -597,17 +597,33 @@ def _add_recipe(sub: argparse._SubParsersAction) -> None:
         description="Reproduce the default model from ../shared/data; every stage resumes where it stopped.",
     )
     p.add_argument("preset", nargs="?", default="default", choices=("default", *RECIPE_PRESETS),
-                   help="tiny (tests), cpu (~2.5 h, 2 cores; the default: DFDC, then a third of UTKFace shard 0/3's "
-                        "photos), cpu-fair (all of them: fewer false alarms on photos, lower DFDC AUC), cpu-dfdc (no "
-                        "UTKFace photos), cpu-vit (the ViT-tiny chain of before) or gpu")
+                   help="tiny (tests), cpu (~2.5 h, 2 cores; the default: DFDC, then a polish with UTKFace shard 0/3's "
+                        "photos, SBI blends and its own teacher), cpu-fair (that polish without SBI or teacher: fewer "
+                        "false alarms at the EER point, lower DFDC AUC), cpu-dfdc (no UTKFace photos), cpu-vit (the "
+                        "ViT-tiny chain of before) or gpu")
     p.add_argument("--scale", choices=RECIPE_PRESETS, default=None, help="the preset, as an option (wins)")
     p.add_argument("--shared", type=Path, default=Path("../shared/data"), help="the shared data folder")
     p.add_argument("--work", type=Path, default=None, help="working folder (default runs/recipe-PRESET)")
     p.add_argument("--export", type=Path, default=None, help="where the weights go (default: the package)")
     p.add_argument("--detector", default=None, help="override the preset's detector")
+    p.add_argument("--threshold-fpr", type=_threshold_fpr, default=None, metavar="F|eer",
+                   help="operating point: the threshold at which at most this share of the DFDC val reals score at or "
+                        "above it (presets: 0.05), or eer for the EER point (more fakes caught, more false alarms)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_recipe)
+
+
+def _threshold_fpr(text: str) -> float | str:
+    if text.lower() == "eer":
+        return "eer"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share of the val reals such as 0.05, or eer; got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share of the val reals in (0, 1), such as 0.05; got {text}")
+    return value
 
 
 def _run_recipe(args: argparse.Namespace) -> int:
@@ -620,6 +636,8 @@ def _run_recipe(args: argparse.Namespace) -> int:
     cfg = PRESETS[preset]
     if args.detector:
         cfg = replace(cfg, detector=args.detector)
+    if args.threshold_fpr is not None:  # only the exported decision rule changes: finished stages are reused
+        cfg = replace(cfg, threshold_fpr=None if args.threshold_fpr == "eer" else args.threshold_fpr)
     work = args.work or Path("runs") / f"recipe-{preset}"
     export = args.export or default_weights_dir()
     card = run_recipe(
