@@ -34,8 +34,11 @@ def read_scores(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def ci_text(value: float, ci: list[float] | None) -> str:
-    return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else fmt(value)
+def with_ci(entry: dict | None) -> str:
+    """A value with its interval ({"value", "ci"}); n/a for None (a column with fewer than two groups has no gap)."""
+    if entry is None:
+        return "n/a"
+    return f"{fmt(entry['value'])} [{fmt(entry['ci'][0])}, {fmt(entry['ci'][1])}]" if entry["ci"] else fmt(entry["value"])
 
 
 def main() -> None:
@@ -69,12 +72,13 @@ def main() -> None:
         overall = group_table(zeros, ps, none, np.full(ps.size, "all"), t, bootstrap=args.bootstrap)["groups"]["all"]
         gaps = {c: group_table(zeros, ps, none, np.array([r[f"by:{c}"] for r in photos]), t,
                                bootstrap=args.bootstrap)["gaps"]["fpr"] for c in COLUMNS}  # fmt: skip
-        met = overall["fpr"] <= 0.10 and all(g["ci"] and g["ci"][1] <= TARGET_GAP for g in gaps.values())
+        met = overall["fpr"] <= 0.10 and all(g["ci"] and g["ci"][1] <= TARGET_GAP for g in gaps.values() if g)
         name = "eer" if policy == "eer" else f"FPR <= {params['fpr']:g}"
         rows.append([name, fmt(t), fmt(float((vs[vy == 1] >= t).mean())), fmt(float((vs[vy == 0] >= t).mean())),
                      fmt(decision["val"]["coverage"]), fmt(float((told == FAKE).mean())), fmt(float((told == REAL).mean())),
-                     ci_text(float(called.mean()), overall["ci"]["fpr"]), fmt(float((decide(ps, t, None, band) == FAKE).mean())),
-                     *(ci_text(g["value"], g["ci"]) for g in gaps.values()), "yes" if met else "no"])  # fmt: skip
+                     with_ci({"value": float(called.mean()), "ci": overall["ci"]["fpr"]}),
+                     fmt(float((decide(ps, t, None, band) == FAKE).mean())),
+                     *(with_ci(g) for g in gaps.values()), "yes" if met else "no"])  # fmt: skip
     print(f"DFDC val: {args.val_scores} ({vy.size} faces); photos: {args.photo_scores} ({ps.size} reals); "
           f"{args.bootstrap} bootstrap resamples, 95% intervals.\n")
     print(markdown_grid(head, rows))

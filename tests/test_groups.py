@@ -336,3 +336,40 @@ def test_fairness_power_simulates_groups_served_alike() -> None:
     large = power.simulate({"a": 4000, "b": 4000, "c": 4000}, 0.05, 20, 100, 0)
     assert (small[:, 0] >= 0).all() and (small[:, 1] >= small[:, 0]).all() and np.median(small[:, 0]) > 0
     assert np.median(large[:, 1]) < np.median(small[:, 1]) / 3  # 40x the faces: about a sixth of the width
+
+
+def test_operating_points_benchmark_cuts_both_score_files_at_each_threshold(tmp_path: Path) -> None:
+    """benchmarks/operating_points.py: each row's threshold keeps DFDC val's FPR within its target, and its photo FPR
+    and race gap are the counts of the photos at or above that threshold, computed here by hand."""
+    import subprocess
+    import sys
+
+    val = tmp_path / "val_scores.csv"
+    reals, fakes = np.linspace(0.0, 0.8, 100), np.linspace(0.3, 1.0, 100)  # 100 reals and 100 fakes
+    with val.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "score"])
+        w.writerows([[0, f"{p:.6f}"] for p in reals] + [[1, f"{p:.6f}"] for p in fakes])
+    photos = tmp_path / "scores.csv"
+    rows = [(0.75, "Black")] * 3 + [(0.1, "Black")] * 97 + [(0.75, "White")] * 1 + [(0.2, "White")] * 99
+    with photos.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "score", "by:race", "by:gender", "by:age"])
+        w.writerows([[0, p, race, "male", "20-39"] for p, race in rows])
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "operating_points.py"
+    done = subprocess.run([sys.executable, str(script), str(val), str(photos), "--fpr", "0.1", "0.02", "--bootstrap", "50"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    by_policy = {cells[0].strip("| "): cells for cells in table}
+    assert list(by_policy) == ["eer", "FPR <= 0.1", "FPR <= 0.02"]
+    for name, target in (("FPR <= 0.1", 0.1), ("FPR <= 0.02", 0.02)):
+        cells = by_policy[name]
+        t = float(cells[1])
+        assert float(cells[3]) <= target and np.isclose(float(cells[3]), (reals >= t).mean(), atol=1e-3)
+        called = np.array([p >= t for p, _ in rows])
+        black = np.array([race == "Black" for _, race in rows])
+        assert cells[7].startswith(f"{called.mean():.3f} [")  # photo FPR
+        assert cells[9].startswith(f"{called[black].mean() - called[~black].mean():.3f} [")  # race gap
+    # 0.75 lies between the two thresholds: the stricter one calls no photo fake
+    assert by_policy["FPR <= 0.02"][7].startswith("0.000 [") and by_policy["FPR <= 0.1"][7].startswith("0.020 [")
