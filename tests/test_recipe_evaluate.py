@@ -228,3 +228,20 @@ def test_recipe_distils_teachers_it_trains_first(shared_data, tmp_path):
         run_recipe(shared_data, work, replace(cfg, layer_decay=0.9), export_to=tmp_path / "other", progress=False)
     with pytest.raises(RealfaceError, match="teachers must be >= 0"):
         replace(cfg, teachers=-1)
+
+
+def test_ffpp_runs_benchmark_reports_every_sample_video(tiny_recipe, shared_data):
+    """benchmarks/ffpp_runs.py: one line per model with every FF++ sample video's p(fake) and verdict, and how many
+    fakes score above every original, the numbers the recipe's card holds for the same model."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ffpp_runs.py"
+    done = subprocess.run([sys.executable, str(script), str(tiny_recipe), "--shared", str(shared_data), "--frames", "2"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = done.stdout.strip().splitlines()[-1]
+    card = ckpt.read_json(tiny_recipe / "config.json")["card"]  # measured with 2 frames a video too (tiny preset)
+    for video in card["ffpp_videos"]:
+        assert f"{video['method']} {video['p_fake']:.3f} ({video['verdict']})" in line
+    assert line.endswith(" of 4")
