@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from realface.eval.calibration import apply_temperature, probabilities_to_logits
 from realface.eval.groups import group_table
 from realface.eval.report import fmt, markdown_grid
 from realface.eval.thresholds import FAKE, REAL, decide
@@ -67,14 +68,17 @@ def main() -> None:
     for policy, params in policies:
         decision = fit_decision(vy, vs, None, policy, params)  # the rule finetune stores, with this policy
         t, band = decision["threshold"]["value"], decision["band"]
-        told = decide(vs[vy == 1], t, None, band)  # the verdicts `detect` would give the DFDC val fakes
-        called = ps >= t  # the photo scores are already calibrated by the model's own temperature
+        # the rule holds on calibrated p(fake): val_scores.csv holds the raw ones, the photos' scores are calibrated
+        # by the model's stored temperature, the one fit_decision finds again on the same val scores
+        cal = np.asarray(apply_temperature(probabilities_to_logits(vs), decision["temperature"]))
+        told = decide(cal[vy == 1], t, None, band)  # the verdicts `detect` would give the DFDC val fakes
+        called = ps >= t
         overall = group_table(zeros, ps, none, np.full(ps.size, "all"), t, bootstrap=args.bootstrap)["groups"]["all"]
         gaps = {c: group_table(zeros, ps, none, np.array([r[f"by:{c}"] for r in photos]), t,
                                bootstrap=args.bootstrap)["gaps"]["fpr"] for c in COLUMNS}  # fmt: skip
         met = overall["fpr"] <= 0.10 and all(g["ci"] and g["ci"][1] <= TARGET_GAP for g in gaps.values() if g)
         name = "eer" if policy == "eer" else f"FPR <= {params['fpr']:g}"
-        rows.append([name, fmt(t), fmt(float((vs[vy == 1] >= t).mean())), fmt(float((vs[vy == 0] >= t).mean())),
+        rows.append([name, fmt(t), fmt(float((cal[vy == 1] >= t).mean())), fmt(float((cal[vy == 0] >= t).mean())),
                      fmt(decision["val"]["coverage"]), fmt(float((told == FAKE).mean())), fmt(float((told == REAL).mean())),
                      with_ci({"value": float(called.mean()), "ci": overall["ci"]["fpr"]}),
                      fmt(float((decide(ps, t, None, band) == FAKE).mean())),
