@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from realface.model import load_model
-from realface.recipe import measure_ffpp
+from realface.recipe import ffpp_fakes_above_originals, measure_ffpp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,12 +27,10 @@ def main() -> None:
     args = parser.parse_args()
     for path in args.models:
         rows = measure_ffpp(load_model(path), args.shared, args.frames)
-        fakes = [r["p_fake"] for r in rows if r["label"] == "fake" and r["p_fake"] is not None]
-        reals = [r["p_fake"] for r in rows if r["label"] == "real" and r["p_fake"] is not None]
         cells = ", ".join(f"{r['method']} {'-' if r['p_fake'] is None else format(r['p_fake'], '.3f')} ({r['verdict']})"
                           for r in rows)  # fmt: skip
-        above = sum(f > max(reals) for f in fakes) if reals else 0
-        print(f"{path}: {cells}; fakes above every original: {above} of {len(fakes)}")
+        above, scored = ffpp_fakes_above_originals(rows)
+        print(f"{path}: {cells}; fakes above every original: {above} of {scored}")
 
 
 if __name__ == "__main__":

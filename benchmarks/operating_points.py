@@ -59,6 +59,7 @@ def main() -> None:
     if any(r["label"] != "0" for r in photos):
         raise SystemExit(f"{args.photo_scores}: expected real photos only")
     zeros, none = np.zeros(ps.size, dtype=int), np.zeros(ps.size, dtype=bool)
+    groups = {c: np.array([r[f"by:{c}"] for r in photos]) for c in COLUMNS}
 
     policies = [("eer", {})] + [("target_fpr", {"fpr": f}) for f in args.fpr]
     head = ["DFDC val policy", "threshold", "DFDC val TPR", "DFDC val FPR", "confident band covers",
@@ -74,8 +75,7 @@ def main() -> None:
         told = decide(cal[vy == 1], t, None, band)  # the verdicts `detect` would give the DFDC val fakes
         called = ps >= t
         overall = group_table(zeros, ps, none, np.full(ps.size, "all"), t, bootstrap=args.bootstrap)["groups"]["all"]
-        gaps = {c: group_table(zeros, ps, none, np.array([r[f"by:{c}"] for r in photos]), t,
-                               bootstrap=args.bootstrap)["gaps"]["fpr"] for c in COLUMNS}  # fmt: skip
+        gaps = {c: group_table(zeros, ps, none, g, t, bootstrap=args.bootstrap)["gaps"]["fpr"] for c, g in groups.items()}
         met = overall["fpr"] <= 0.10 and all(g["ci"] and g["ci"][1] <= TARGET_GAP for g in gaps.values() if g)
         name = "eer" if policy == "eer" else f"FPR <= {params['fpr']:g}"
         rows.append([name, fmt(t), fmt(float((cal[vy == 1] >= t).mean())), fmt(float((cal[vy == 0] >= t).mean())),

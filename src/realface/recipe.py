@@ -251,6 +251,14 @@ def measure_ffpp(model, shared: Path, frames: int) -> list[dict[str, Any]]:
     return rows
 
 
+def ffpp_fakes_above_originals(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """(how many of the scored fakes score above every scored original, how many fakes were scored) of
+    `measure_ffpp`'s rows; no fake is above when no original was scored."""
+    fakes = [r["p_fake"] for r in rows if r["label"] == "fake" and r["p_fake"] is not None]
+    originals = [r["p_fake"] for r in rows if r["label"] == "real" and r["p_fake"] is not None]
+    return (sum(f > max(originals) for f in fakes) if originals else 0), len(fakes)
+
+
 def measure_robustness(bundle, val_records: list, probs, workers: int) -> dict[str, Any]:
     """DFDC val AUC (cluster-bootstrap 95% CI over source videos) as the faces are, re-encoded the same way for reals
     and fakes (0.75x and back, JPEG 75: a detector reading sharpness instead of forgery falls here), and with
@@ -494,8 +502,7 @@ def export_and_measure(
         meta = json.loads((Path(start) / "last" / "meta.json").read_text())
     best = max(meta["history"], key=lambda e: e.get("val_auc", float("-inf")))
     utk = f"{_shards_text(cfg)} reals" + (f" (one photo in {cfg.utk_every})" if cfg.utk_every > 1 else "")
-    fakes = [r["p_fake"] for r in ffpp if r["label"] == "fake" and r["p_fake"] is not None]
-    originals = [r["p_fake"] for r in ffpp if r["label"] == "real" and r["p_fake"] is not None]
+    above, scored = ffpp_fakes_above_originals(ffpp)
     return {
         "name": f"realface default ({preset})",
         "recipe": {"preset": preset, **asdict(cfg)},
@@ -523,7 +530,7 @@ def export_and_measure(
         "dfdc_val_robustness": robustness,
         "dfdc_val_localization": where,
         "ffpp_videos": ffpp,
-        "ffpp_fakes_above_originals": bool(fakes and originals and min(fakes) > max(originals)),
+        "ffpp_fakes_above_originals": bool(scored and above == scored),
         "hardware": machine(),
         "wall_time_s": {k: round(v, 1) for k, v in (times or {}).items()},
         "date": time.strftime("%Y-%m-%d"),
