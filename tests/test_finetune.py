@@ -68,10 +68,13 @@ def test_live_vs_spoof_beats_chance_on_its_val_split(antispoof, tmp_path):
 def test_sbi_only_from_real_faces(utk_crops, tmp_path):
     run = tmp_path / "sbi"
     args = ["finetune", "--data", str(utk_crops), "--out", str(run), "--img-size", "64", "--crop-size", "112",
-            "--pseudo-fakes", "sbi", "--no-labelled-fakes", "--affine", "0.5", *FAST]  # fmt: skip
+            "--pseudo-fakes", "sbi", "--no-labelled-fakes", "--affine", "0.5", "--sbi-hulls", "lower", "inner",
+            *FAST]  # fmt: skip
     assert main(args) == 0
     config = ckpt.read_json(run / "config.json")
     assert config["num_train"] == 32 and config["sbi_ratio"] == 1.0  # 16 reals + 16 pseudo-fakes
+    assert config["sbi_hulls"] == ["lower", "inner"]  # the blends it learned, recorded
+    assert main([*args[:-len(FAST)], "--sbi-hulls", "ears", *FAST]) == 2  # no such mask shape: one line, nothing trained
     assert config["augment"]["affine_prob"] == 0.5 and config["augment"]["jpeg_prob"] == 0.5  # what augmented them
     assert main([*args[:-len(FAST)], "--affine", "1.5", *FAST]) == 2  # a probability, said in one line
     assert not (run / "decision.json").exists()  # no validation set: nothing to fit a threshold on

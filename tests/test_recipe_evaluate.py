@@ -66,6 +66,12 @@ def test_recipe_ships_its_operating_point_for_few_false_alarms(tiny_recipe):
     for bad in (0.0, 1.0, -0.1):
         with pytest.raises(RealfaceError, match="threshold_fpr is a share of the val reals"):
             replace(PRESETS["tiny"], threshold_fpr=bad)
+    # the SBI blends of the chain: the preset's mask shapes reach the runs that make them
+    work = tiny_recipe.parent / "work"
+    assert ckpt.read_json(work / "polish" / "config.json")["sbi_hulls"] == list(PRESETS["tiny"].sbi_hulls)
+    assert ckpt.read_json(work / "polish" / "recipe_stage.json")["sbi_hulls"] == ["face", "landmarks", "inner"]
+    with pytest.raises(RealfaceError, match="sbi_hulls"):
+        replace(PRESETS["tiny"], sbi_hulls=("ears",))
 
 
 def test_recipe_threshold_fpr_option_refits_only_the_exported_rule(tiny_recipe, shared_data, capsys):

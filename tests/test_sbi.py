@@ -146,6 +146,18 @@ def test_each_hull_variant(face_with_landmarks) -> None:
     assert area["inner"] < area["landmarks"] < area["face"]
 
 
+def test_lower_hull_blends_the_mouth_and_chin_only(face_with_landmarks) -> None:
+    config = SBIConfig(hulls=("lower",), full_blend_prob=1.0)
+    for _, image, landmarks in face_with_landmarks:
+        eyes_y = landmarks[36:48, 1].mean()
+        mouth = np.round(landmarks[48:68].mean(axis=0)).astype(int)
+        for seed in range(3):
+            result = self_blend(image, landmarks, np.random.default_rng(seed), config)
+            assert result.hull == "lower" and result.mask[mouth[1], mouth[0]] > 0.5  # the mouth is blended ...
+            assert result.mask[: int(eyes_y)].max() == 0.0  # ... the eyes and everything above them are untouched
+            np.testing.assert_array_equal(result.fake[: int(eyes_y)], image[: int(eyes_y)])
+
+
 def test_blend_keeps_target_where_weight_is_zero() -> None:
     rng = np.random.default_rng(0)
     source = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)

@@ -488,6 +488,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     f = p.add_argument_group("training data")
     f.add_argument("--pseudo-fakes", choices=("none", "sbi"), default="none", help="add SBI pseudo-fakes of real faces")
     f.add_argument("--sbi-ratio", type=float, default=1.0, help="SBI fakes per real face (with --pseudo-fakes sbi)")
+    _add_sbi_hulls(f)
     f.add_argument("--no-labelled-fakes", action="store_true", help="train on real faces + pseudo-fakes only")
     f.add_argument("--paired", action="store_true",
                    help="batches with every labelled fake next to its own real (same group, frame and face)")
@@ -559,6 +560,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         val=args.val,
         labelled_fakes=not args.no_labelled_fakes,
         sbi_ratio=args.sbi_ratio if args.pseudo_fakes == "sbi" else 0.0,
+        sbi=_sbi_config(args),
         paired=args.paired,
         balance=_balance(args),
         augment=None if args.no_augment else WildAugmentConfig(affine_prob=args.affine),
@@ -662,15 +664,32 @@ def _add_synth_sbi(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--count", type=int, default=None, help="number of pseudo-fakes (default: one per face)")
     p.add_argument("--seed", type=int, default=0)
+    _add_sbi_hulls(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_run_synth_sbi)
 
 
-def _run_synth_sbi(args: argparse.Namespace) -> int:
+def _add_sbi_hulls(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--sbi-hulls", nargs="+", default=None, metavar="HULL",
+                   help="the blend mask shapes SBI draws from, uniformly (realface.data.sbi.MASK_HULLS; default face "
+                        "landmarks inner: face-swap-like blends; lower: the mouth and chin only, reenactment-like)")
+
+
+def _sbi_config(args: argparse.Namespace):
     from realface.data.sbi import SBIConfig
+
+    if args.sbi_hulls is None:
+        return SBIConfig()
+    try:
+        return SBIConfig(hulls=tuple(args.sbi_hulls))
+    except ValueError as e:
+        raise RealfaceError(f"--sbi-hulls: {e}") from None
+
+
+def _run_synth_sbi(args: argparse.Namespace) -> int:
     from realface.data.synth import synth_sbi
 
-    n = synth_sbi(args.inputs, args.out, count=args.count, seed=args.seed, config=SBIConfig(), progress=not args.no_progress)
+    n = synth_sbi(args.inputs, args.out, count=args.count, seed=args.seed, config=_sbi_config(args), progress=not args.no_progress)
     print(f"wrote {n} pseudo-fakes to {args.out}")
     return 0
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from realface.data.sbi import SBIConfig
 from realface.errors import RealfaceError
 from realface.eval.thresholds import BAND_ACCURACY
 
@@ -59,6 +60,9 @@ class RecipeConfig:
     # SBI pseudo-fakes per real training face (0 = none: at 96 px from random weights the blends are label noise; equal
     # minutes, DFDC val 0.836 with x0.5 -> 0.887 without, BENCHMARKS.md "DFDC fakes alone at equal minutes")
     sbi_ratio: float = 0.0
+    # the blend mask shapes SBI draws from (realface.data.sbi.MASK_HULLS): SBI's own three, face-swap-like; "lower" adds
+    # reenactment-like blends of the mouth and chin
+    sbi_hulls: tuple[str, ...] = ("face", "landmarks", "inner")
     labelled_fakes: bool = True  # train on DFDC's labelled fakes too
     paired: bool = True  # batches with every DFDC fake next to its own real (equal minutes: 0.803 -> 0.835)
     affine_prob: float = 0.0  # fine-tuning faces randomly zoomed, tilted and shifted this often (WildAugmentConfig)
@@ -102,6 +106,10 @@ class RecipeConfig:
             raise RealfaceError("sbi_ratio and polish_sbi_ratio count pseudo-fakes per real face: 0 or more")
         if self.threshold_fpr is not None and not 0.0 < self.threshold_fpr < 1.0:
             raise RealfaceError(f"threshold_fpr is a share of the val reals in (0, 1), or None for the EER point; got {self.threshold_fpr}")
+        try:
+            SBIConfig(hulls=self.sbi_hulls)
+        except ValueError as e:
+            raise RealfaceError(f"sbi_hulls: {e}") from None
         if self.balance_groups and self.paired:
             raise RealfaceError("paired and balance_groups each set the fine-tuning order: choose one")
 
@@ -145,14 +153,14 @@ PRESETS: dict[str, RecipeConfig] = {
 PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "distill_weight", "decoder_dim",
                      "decoder_depth", "pretrain_epochs", "pretrain_batch", "pretrain_blr", "max_steps_per_epoch", "utk_shards")
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
-                     "finetune_blr", "finetune_warmup", "sbi_ratio", "labelled_fakes", "paired", "affine_prob", "utk_reals",
+                     "finetune_blr", "finetune_warmup", "sbi_ratio", "sbi_hulls", "labelled_fakes", "paired", "affine_prob", "utk_reals",
                      "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch", "teacher_weight", "utk_shards")
 POLISH_WARMUP = 0.2  # warmup epochs of the polish stage
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
 UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
               "utk_reals": False, "utk_every": 1, "balance_groups": [], "affine_prob": 0.0, "teacher_weight": 1.0,
-              "seed": 0, "teachers": [], "utk_shards": [[0, 3]]}
+              "seed": 0, "teachers": [], "utk_shards": [[0, 3]], "sbi_hulls": ["face", "landmarks", "inner"]}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -341,7 +349,7 @@ def finetune_stage(
                                                                        "mask_weight": cfg.mask_weight}, strict=False)),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=seed),
-        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, paired=cfg.paired, crop_size=cfg.crop_size,
+        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, sbi=SBIConfig(hulls=cfg.sbi_hulls), paired=cfg.paired, crop_size=cfg.crop_size,
         augment=WildAugmentConfig(affine_prob=cfg.affine_prob),
         balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,

@@ -38,11 +38,19 @@ def _landmark_hull(landmarks: np.ndarray) -> np.ndarray:
     return cv2.convexHull(landmarks.astype(np.float32)).reshape(-1, 2)
 
 
+def _lower_hull(landmarks: np.ndarray) -> np.ndarray:
+    """Hull of the nose base (31-35), the lower jaw (4-12) and the mouth (48-67): the part of the face that
+    expression reenactment re-renders (Face2Face, NeuralTextures move the mouth and the chin with it, not the eyes)."""
+    pts = np.concatenate([landmarks[31:36], landmarks[4:13], landmarks[48:68]])
+    return cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2)
+
+
 # Mask shapes by name: landmarks (68, 2) -> polygon (K, 2). `SBIConfig.hulls` draws among these.
 MASK_HULLS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "face": face_hull,  # jaw and forehead (regions.face_hull)
+    "face": face_hull,  # jaw and forehead (regions.face_hull): what a face swap replaces
     "landmarks": _landmark_hull,
     "inner": _inner_hull,
+    "lower": _lower_hull,  # not drawn by default: a reenactment-like blend of the mouth and chin only
 }
 
 
@@ -56,7 +64,7 @@ class SBIConfig:
     """How `self_blend` makes a pseudo-fake. Lengths are fractions of the face size (the larger side of
     the landmarks' bounding box), so the same config fits any crop size."""
 
-    # Mask shape: a hull drawn uniformly among these names of MASK_HULLS.
+    # Mask shape: a hull drawn uniformly among these names of MASK_HULLS (SBI's own three by default).
     hulls: tuple[str, ...] = ("face", "landmarks", "inner")
     # Mask deformation: random affine about the face centre ...
     mask_scale: Range = (0.95, 1.05)  # scale factor

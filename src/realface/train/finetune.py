@@ -23,6 +23,7 @@ from realface.data.augment import WildAugmentConfig
 from realface.data.faceset import CropCache, Preprocessing
 from realface.data.balance import GroupBalancedSampler, balance_record, group_keys
 from realface.data.labelled import DetectionFaces, Item, PairedSampler, build_items
+from realface.data.sbi import SBIConfig
 from realface.eval.groups import Grouping
 from realface.errors import RealfaceError
 from realface.faces.align import CropSettings
@@ -266,6 +267,7 @@ def finetune(
     val: list[Path] | None = None,
     labelled_fakes: bool = True,
     sbi_ratio: float = 0.0,
+    sbi: SBIConfig | None = None,
     paired: bool = False,
     balance: Grouping | None = None,
     augment: WildAugmentConfig | None = WildAugmentConfig(),
@@ -293,6 +295,7 @@ def finetune(
     and are recorded so detection crops faces the same way; crop_size is the side of crops that have none
     (plain folders), and must agree with the data's where it has one. cache_crops: decode each crop once per
     run into a memory-mapped file in `out` (`CropCache`, removed at the end) instead of once per epoch.
+    sbi: how the SBI pseudo-fakes are made (None: `SBIConfig()`, SBI's own face-swap-like blends); recorded.
     balance: draw each epoch so every group of people in these manifest columns has the same share
     (`realface.data.balance`); not with `paired`.
     augment: the in-the-wild augmentation of training faces (None: none); recorded in config.json.
@@ -362,7 +365,7 @@ def finetune(
             out.mkdir(parents=True, exist_ok=True)
             cache = CropCache(out / f".crops-{dist_info.rank}.u8", train_records + val_records, pre.crop.size)
         train_set = DetectionFaces(
-            items, pre, seed=train_cfg.seed, augment=augment,
+            items, pre, seed=train_cfg.seed, augment=augment, sbi=sbi,
             mask_grid=detector_cfg.grid if detector_cfg.options.cell_targets else None, cache=cache,
         )  # fmt: skip
         val_set = None
@@ -383,6 +386,7 @@ def finetune(
             "init": str(init) if init else None,
             "labelled_fakes": labelled_fakes,
             "sbi_ratio": sbi_ratio,
+            "sbi_hulls": list((sbi or SBIConfig()).hulls) if sbi_ratio > 0 else None,
             "paired": paired,
             "augment": None if augment is None else asdict(augment),
             "num_train": len(items),
