@@ -599,7 +599,7 @@ def _add_recipe(sub: argparse._SubParsersAction) -> None:
         description="Reproduce the default model from ../shared/data; every stage resumes where it stopped.",
     )
     p.add_argument("preset", nargs="?", default="default", choices=("default", *RECIPE_PRESETS),
-                   help="tiny (tests), cpu (~2.5 h, 2 cores; the default: DFDC, then a polish with UTKFace shard 0/3's "
+                   help="tiny (tests), cpu (1.5-2.5 h on 2 cores; the default: DFDC, then a polish with UTKFace shard 0/3's "
                         "photos, SBI blends and its own teacher), cpu-fair (that polish without SBI or teacher: fewer "
                         "false alarms at the EER point, lower DFDC AUC), cpu-dfdc (no UTKFace photos), cpu-vit (the "
                         "ViT-tiny chain of before) or gpu")
