@@ -251,3 +251,26 @@ def test_ffpp_runs_benchmark_reports_every_sample_video(tiny_recipe, shared_data
     for video in card["ffpp_videos"]:
         assert f"{video['method']} {video['p_fake']:.3f} ({video['verdict']})" in line
     assert line.endswith(" of 4")
+
+
+def test_ffpp_runs_frame_aucs_against_hand_counts(tmp_path):
+    """benchmarks/ffpp_runs.py --frame-scores: each fake's frames against its own original's (same group) and against
+    every original's, from `detect --csv` rows; faceless rows are skipped, a fake without its original gets None."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ffpp_runs", Path(__file__).resolve().parents[1] / "benchmarks" / "ffpp_runs.py")
+    ffpp_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ffpp_runs)
+    manifest = tmp_path / "ffpp" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,label,method,group\nA/1_2.mp4,fake,A,1\nB/9_8.mp4,fake,B,9\no/1.mp4,real,original,1\n"
+                        "o/3.mp4,real,original,3\n")
+    scores = {"A/1_2.mp4": [0.5, 0.9], "B/9_8.mp4": [0.2], "o/1.mp4": [0.4, 0.6], "o/3.mp4": [0.1, 0.3]}
+    lines = ["path,kind,status,frame,face,p_fake"] + [f"{manifest.parent / v},video,ok,{i},0,{p}"
+                                                      for v, ps in scores.items() for i, p in enumerate(ps)]
+    lines.append(f"{manifest.parent / 'o/3.mp4'},video,ok,9,,")  # a frame without a face
+    (tmp_path / "f.csv").write_text("\n".join(lines) + "\n")
+    rows = ffpp_runs.frame_aucs(tmp_path / "f.csv", manifest)
+    # A: 0.5 beats 0.4, 0.9 beats 0.4 and 0.6: 3 of 4 pairs against its own; against all four original frames 7 of 8.
+    # B (its original 9 is not in the set): 0.2 beats 0.1 only, 1 of 4
+    assert rows == [("A/1_2.mp4", 0.75, 0.875), ("B/9_8.mp4", None, 0.25)]
