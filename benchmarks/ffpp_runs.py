@@ -43,13 +43,14 @@ def frame_aucs(scores_csv: Path, manifest: Path) -> list[tuple[str, float | None
     originals = {v["group"]: scores(v) for v in videos if v["label"] == "real"}
     every = [p for s in originals.values() for p in s]
     out = []
-    for video in (v for v in videos if v["label"] == "fake" and scores(v)):
-        own = originals.get(video["group"])
+    for video in (v for v in videos if v["label"] == "fake"):
+        fake, own = scores(video), originals.get(video["group"])
 
         def auc(reals: list[float]) -> float:
-            return roc_auc([1] * len(scores(video)) + [0] * len(reals), scores(video) + reals)
+            return roc_auc([1] * len(fake) + [0] * len(reals), fake + reals)
 
-        out.append((video["path"], auc(own) if own else None, auc(every)))
+        if fake:
+            out.append((video["path"], auc(own) if own else None, auc(every)))
     return out
 
 
