@@ -62,7 +62,7 @@ class RecipeConfig:
     sbi_ratio: float = 0.0
     # the blend mask shapes SBI draws from (realface.data.sbi.MASK_HULLS): SBI's own three, face-swap-like; "lower" adds
     # reenactment-like blends of the mouth and chin
-    sbi_hulls: tuple[str, ...] = ("face", "landmarks", "inner")
+    sbi_hulls: tuple[str, ...] = SBIConfig.hulls
     labelled_fakes: bool = True  # train on DFDC's labelled fakes too
     paired: bool = True  # batches with every DFDC fake next to its own real (equal minutes: 0.803 -> 0.835)
     affine_prob: float = 0.0  # fine-tuning faces randomly zoomed, tilted and shifted this often (WildAugmentConfig)
@@ -107,7 +107,7 @@ class RecipeConfig:
         if self.threshold_fpr is not None and not 0.0 < self.threshold_fpr < 1.0:
             raise RealfaceError(f"threshold_fpr is a share of the val reals in (0, 1), or None for the EER point; got {self.threshold_fpr}")
         try:
-            SBIConfig(hulls=self.sbi_hulls)
+            self.sbi  # the mask shapes exist
         except ValueError as e:
             raise RealfaceError(f"sbi_hulls: {e}") from None
         if self.balance_groups and self.paired:
@@ -116,6 +116,11 @@ class RecipeConfig:
     @property
     def pretrained(self) -> bool:
         return self.pretrain_epochs > 0
+
+    @property
+    def sbi(self) -> SBIConfig:
+        """How the chain's SBI pseudo-fakes are made."""
+        return SBIConfig(hulls=self.sbi_hulls)
 
 
 PRESETS: dict[str, RecipeConfig] = {
@@ -160,7 +165,7 @@ STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made w
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
 UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
               "utk_reals": False, "utk_every": 1, "balance_groups": [], "affine_prob": 0.0, "teacher_weight": 1.0,
-              "seed": 0, "teachers": [], "utk_shards": [[0, 3]], "sbi_hulls": ["face", "landmarks", "inner"]}
+              "seed": 0, "teachers": [], "utk_shards": [[0, 3]], "sbi_hulls": list(SBIConfig.hulls)}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -349,7 +354,7 @@ def finetune_stage(
                                                                        "mask_weight": cfg.mask_weight}, strict=False)),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=seed),
-        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, sbi=SBIConfig(hulls=cfg.sbi_hulls), paired=cfg.paired, crop_size=cfg.crop_size,
+        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, sbi=cfg.sbi, paired=cfg.paired, crop_size=cfg.crop_size,
         augment=WildAugmentConfig(affine_prob=cfg.affine_prob),
         balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
