@@ -63,6 +63,8 @@ def describe(run: Path, rates: dict, bootstrap: int) -> dict:
         teachers[-1] += f" (weight {config['teacher_weight']:g})"
     if teachers and taught != "all":  # e.g. "dfdc/manifest.csv": the teachers score only those faces
         teachers[-1] += f" on {', '.join('/'.join(Path(d).parts[-2:]) for d in taught)} only"
+    if teachers and not config.get("teacher_sbi", True):
+        teachers[-1] += " (not on SBI fakes)"
     if teachers:  # their forward passes slow every step, and their own training is compute too: not priced
         minutes = None
     pretraining = "none"

@@ -244,8 +244,8 @@ def test_only_taught_faces_get_the_teachers_loss():
 
 def test_teacher_data_marks_the_faces_of_its_manifests_and_their_sbi_fakes(antispoof, tmp_path):
     """--teacher-data: the faces of the named manifests, and the SBI fakes made from them, are taught; the others
-    are not; the run records it. A manifest with no training face, or --teacher-data without --teacher: one-line
-    error."""
+    are not; --no-teacher-sbi: not the SBI fakes; the run records both. A manifest with no training face, or
+    --teacher-data or --no-teacher-sbi without --teacher: one-line error."""
     from realface.train.finetune import _taught_items
     from realface.train.pretrain import load_face_records
 
@@ -264,22 +264,29 @@ def test_teacher_data_marks_the_faces_of_its_manifests_and_their_sbi_fakes(antis
     in_a = {r.path for r in load_face_records([parts["a"]])}
     assert {it.kind for it in items if it.taught} == {"face", "sbi"} and any(not it.taught for it in items)
     assert all(it.taught == (it.record.path in in_a) for it in items)
+    # --no-teacher-sbi: the faces themselves only, with or without --teacher-data
+    faces_only = _taught_items(build_items(records, sbi_ratio=1.0), [parts["a"]], sbi=False)
+    assert all(it.taught == (it.kind == "face" and it.record.path in in_a) for it in faces_only)
+    every_face = _taught_items(build_items(records, sbi_ratio=1.0), None, sbi=False)
+    assert {it.kind for it in every_face if it.taught} == {"face"} and any(it.kind == "sbi" for it in every_face)
 
     common = ["--model", "resnet18", "--img-size", "64", "--crop-size", "64", *FAST]
     teacher = tmp_path / "teacher"
     assert main(["finetune", "--data", str(antispoof), "--out", str(teacher), *common]) == 0
     student = tmp_path / "student"
     assert main(["finetune", "--data", str(parts["a"]), str(parts["b"]), "--out", str(student), "--init", str(teacher),
-                 "--teacher", str(teacher), "--teacher-data", str(parts["a"]), *common]) == 0  # fmt: skip
-    assert ckpt.read_json(student / "config.json")["teacher_data"] == [str(parts["a"])]
+                 "--teacher", str(teacher), "--teacher-data", str(parts["a"]), "--no-teacher-sbi", *common]) == 0  # fmt: skip
+    config = ckpt.read_json(student / "config.json")
+    assert config["teacher_data"] == [str(parts["a"])] and config["teacher_sbi"] is False
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_runs.py"
     row = subprocess.run([sys.executable, str(script), str(student), "--bootstrap", "10"], check=True, capture_output=True,
                          text=True).stdout.splitlines()[2]  # fmt: skip
-    assert "teachers teacher on " in row and "part-a.csv only" in row
+    assert "teachers teacher on " in row and "part-a.csv only (not on SBI fakes)" in row
     assert main(["finetune", "--data", str(parts["a"]), str(parts["b"]), "--out", str(tmp_path / "none"), "--teacher",
                  str(teacher), "--teacher-data", str(parts["val"]), *common]) == 2  # fmt: skip
     assert main(["finetune", "--data", str(antispoof), "--out", str(tmp_path / "alone"), "--teacher-data",
                  str(antispoof), *common]) == 2  # fmt: skip
+    assert main(["finetune", "--data", str(antispoof), "--out", str(tmp_path / "alone"), "--no-teacher-sbi", *common]) == 2
 
 
 def test_ensemble_runs_averages_the_runs_logits(tmp_path):

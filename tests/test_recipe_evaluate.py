@@ -184,24 +184,26 @@ def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tm
     """polish_teacher: the polish is taught by the fine-tuned detector it continues, at that weight, on the DFDC faces
     only (the photos it learns are real are not taught); the card says so. With two UTKFace shards (utk_shards) the
     polish reads every third photo of each. polish_sbi_ratio sets the polish's SBI pseudo-fakes apart from the
-    fine-tuning's."""
+    fine-tuning's; teacher_sbi=False keeps the teacher off them (recorded, and said on the card)."""
     from dataclasses import replace
 
     from realface.errors import RealfaceError
     from realface.faces.manifest import read_face_manifest
     from realface.recipe import PRESETS, run_recipe
 
-    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=2.0, utk_shards=((0, 2), (1, 2)), polish_sbi_ratio=1.0)
+    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=2.0, utk_shards=((0, 2), (1, 2)), polish_sbi_ratio=1.0,
+                  teacher_sbi=False)
     work = tmp_path / "work"
     run_recipe(shared_data, work, cfg, export_to=tmp_path / "weights", preset="tiny", progress=False)
     polish = ckpt.read_json(work / "polish" / "config.json")
     assert polish["init"] == polish["teachers"][0] == str(work / "finetune") and len(polish["teachers"]) == 1
     assert polish["teacher_data"] == [polish["data"][0]] and "dfdc" in polish["data"][0] and len(polish["data"]) == 3
     finetune = ckpt.read_json(work / "finetune" / "config.json")
-    assert polish["teacher_weight"] == 2.0 and "teachers" not in finetune
+    assert polish["teacher_weight"] == 2.0 and polish["teacher_sbi"] is False and "teachers" not in finetune
     assert (finetune["sbi_ratio"], polish["sbi_ratio"]) == (cfg.sbi_ratio, 1.0) == (0.5, 1.0)
     card = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
     assert "while keeping its own p(fake) on the DFDC faces" in card and "UTKFace shards 0/2 and 1/2" in card
+    assert "not on the SBI fakes made from them" in card
     assert "SBI pseudo-fakes x1.0 made from all its reals" in card
     faces = work / "faces"
     for i, subset in enumerate(polish["data"][1:]):

@@ -510,6 +510,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="the teachers score only the faces of these manifests (also given as --data) and the SBI fakes "
                         "made from them (default: every training face); e.g. `--init RUN --teacher RUN --teacher-data "
                         "ITS_DATA --data ITS_DATA NEW_REALS`: learn new reals without forgetting the old data")
+    f.add_argument("--no-teacher-sbi", action="store_true",
+                   help="the teachers do not score the SBI fakes (a teacher that never saw such blends calls them real, "
+                        "against their label): those learn from their label alone")
     _add_train_arguments(p, epochs=5, batch=64, blr=5e-4, wd=0.05)
     p.set_defaults(handler=_run_finetune)
 
@@ -532,8 +535,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         raise RealfaceError(f"--affine is a probability in [0, 1], got {args.affine}")
     if args.teacher_weight < 0:
         raise RealfaceError(f"--teacher-weight must be >= 0, got {args.teacher_weight}")
-    if args.teacher_data and not args.teacher:
-        raise RealfaceError("--teacher-data names the faces teachers score: give --teacher too")
+    if (args.teacher_data or args.no_teacher_sbi) and not args.teacher:
+        raise RealfaceError("--teacher-data and --no-teacher-sbi say what teachers score: give --teacher too")
 
     given = {"blocks": args.rffr_blocks, "fusion_lambda": args.fusion_lambda, "corr_weight": args.corr_weight,
              "mask_weight": args.mask_weight}  # fmt: skip
@@ -569,6 +572,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         teachers=args.teacher,
         teacher_weight=args.teacher_weight,
         teacher_data=args.teacher_data,
+        teacher_sbi=not args.no_teacher_sbi,
         crop_size=args.crop_size,
         keep_img_size=args.img_size is not None,
         cache_crops=not args.no_crop_cache,

@@ -72,6 +72,7 @@ class RecipeConfig:
     teachers: int = 0  # first fine-tune this many teachers (seeds 1, 2, ...), then distil their mean into the detector
     teacher_epochs: int | None = None  # each teacher's fine-tuning epochs (None: finetune_epochs)
     teacher_weight: float = 1.0  # weight of the teachers' loss (finetune --teacher-weight)
+    teacher_sbi: bool = True  # teachers also score the SBI fakes made from the faces they teach (finetune --no-teacher-sbi)
     polish_epochs: int = 2  # then continue the fine-tuned detector this many epochs with the UTKFace shard's reals added
     polish_blr: float = 1e-3  # base learning rate of that continuation (a quarter of fine-tuning's)
     polish_teacher: float = 0.0  # > 0: the polish also learns the fine-tuned detector's own p(fake) on the DFDC faces, at this weight
@@ -159,13 +160,15 @@ PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "
                      "decoder_depth", "pretrain_epochs", "pretrain_batch", "pretrain_blr", "max_steps_per_epoch", "utk_shards")
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
                      "finetune_blr", "finetune_warmup", "sbi_ratio", "sbi_hulls", "labelled_fakes", "paired", "affine_prob", "utk_reals",
-                     "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch", "teacher_weight", "utk_shards")
+                     "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch", "teacher_weight", "teacher_sbi",
+                     "utk_shards")
 POLISH_WARMUP = 0.2  # warmup epochs of the polish stage
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
 UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
               "utk_reals": False, "utk_every": 1, "balance_groups": [], "affine_prob": 0.0, "teacher_weight": 1.0,
-              "seed": 0, "teachers": [], "utk_shards": [[0, 3]], "sbi_hulls": list(SBIConfig.hulls)}
+              "seed": 0, "teachers": [], "utk_shards": [[0, 3]], "sbi_hulls": list(SBIConfig.hulls),
+              "teacher_sbi": True}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -354,7 +357,7 @@ def finetune_stage(
                                                                        "mask_weight": cfg.mask_weight}, strict=False)),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=seed),
-        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, sbi=cfg.sbi, paired=cfg.paired, crop_size=cfg.crop_size,
+        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, teacher_sbi=cfg.teacher_sbi, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, sbi=cfg.sbi, paired=cfg.paired, crop_size=cfg.crop_size,
         augment=WildAugmentConfig(affine_prob=cfg.affine_prob),
         balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
@@ -529,7 +532,8 @@ def export_and_measure(
             + (f"; then {cfg.polish_epochs} epoch(s) more from those weights (base lr {cfg.polish_blr}) with the {utk}"
                " added" if cfg.polish_epochs else "")
             + (f" and SBI pseudo-fakes x{polish_sbi(cfg)} made from all its reals" if cfg.polish_epochs and polish_sbi(cfg) else "")
-            + (f", while keeping its own p(fake) on the DFDC faces (it is its own teacher there, weight {cfg.polish_teacher})"
+            + (f", while keeping its own p(fake) on the DFDC faces (it is its own teacher there, weight {cfg.polish_teacher}"
+               + ("" if cfg.teacher_sbi or not polish_sbi(cfg) else "; not on the SBI fakes made from them") + ")"
                if cfg.polish_epochs and cfg.polish_teacher else "")
             + (f"; epochs with UTKFace reals balanced over {', '.join(cfg.balance_groups)}" if cfg.balance_groups else ""),
             "selection_and_threshold": "DFDC val split (split by source video; never trained on)",

@@ -228,13 +228,14 @@ def record_validation(
     return decision
 
 
-def _taught_items(items: list[Item], manifests: list[Path]) -> list[Item]:
-    """`items` with `taught` set where the item's face comes from one of `manifests`; an error where none does."""
+def _taught_items(items: list[Item], manifests: list[Path] | None, *, sbi: bool = True) -> list[Item]:
+    """`items` with `taught` set where the item's face comes from one of `manifests` (None: any), and with sbi
+    False only where the item is that face itself, not an SBI fake made from it; an error where none is taught."""
     def key(rec) -> tuple[str, int]:  # a crop file, or a JPEG inside a tar shard
         return os.path.normpath(rec.path), rec.offset
 
-    keys = {key(rec) for rec in load_face_records(manifests)}
-    items = [replace(it, taught=key(it.record) in keys) for it in items]
+    keys = None if manifests is None else {key(rec) for rec in load_face_records(manifests)}
+    items = [replace(it, taught=(keys is None or key(it.record) in keys) and (sbi or it.kind != "sbi")) for it in items]
     if not any(it.taught for it in items):
         raise RealfaceError("--teacher-data: none of its faces are training faces (name manifests also given as --data)")
     return items
@@ -276,6 +277,7 @@ def finetune(
     teachers: list[Path] = (),
     teacher_weight: float = 1.0,
     teacher_data: list[Path] | None = None,
+    teacher_sbi: bool = True,
     crop_size: int | None = None,
     keep_img_size: bool = False,
     cache_crops: bool = True,
@@ -306,7 +308,8 @@ def finetune(
     teachers: trained detectors (finetune runs or exported weights) taking the same faces as this one, whose mean
     p(fake) the student learns besides the labels, with weight teacher_weight (`FinetuneTask`); teacher_data: the
     manifests (of `data`) whose faces, and the SBI fakes made from them, the teachers score (None: every training
-    face). E.g. the teacher is the `init` detector itself, on the data it was trained on, while it learns new reals
+    face); teacher_sbi False: they score those faces but not the SBI fakes made from them, whose label then teaches
+    alone (a teacher that never saw such blends calls them real, against their label). E.g. the teacher is the `init` detector itself, on the data it was trained on, while it learns new reals
     from other manifests: it keeps what it knew there ("learning without forgetting", Li & Hoiem 2016).
     """
     from realface.bundle import load_bundle
@@ -357,8 +360,8 @@ def finetune(
         del pretrainer, start
 
         items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio)
-        if teacher_data is not None:
-            items = _taught_items(items, teacher_data)
+        if teachers and (teacher_data is not None or not teacher_sbi):
+            items = _taught_items(items, teacher_data, sbi=teacher_sbi)
         if len({it.label for it in items}) < 2:
             raise RealfaceError("training needs both classes: add labelled fakes or --pseudo-fakes sbi")
         if cache_crops:
@@ -394,7 +397,8 @@ def finetune(
         }
         if teachers:
             run_config.update(teachers=[str(t) for t in teachers], teacher_weight=teacher_weight,
-                              teacher_data=[str(p) for p in teacher_data] if teacher_data is not None else "all")  # fmt: skip
+                              teacher_data=[str(p) for p in teacher_data] if teacher_data is not None else "all",
+                              teacher_sbi=teacher_sbi)  # fmt: skip
         groups = param_groups(
             detector,
             train_cfg.weight_decay,
