@@ -172,27 +172,32 @@ def test_every_recipe_preset_can_be_named_on_the_command_line():
 
     assert set(RECIPE_PRESETS) == set(PRESETS)
     cpu, fair, dfdc = PRESETS["cpu"], PRESETS["cpu-fair"], PRESETS["cpu-dfdc"]
-    assert cpu.polish_epochs == fair.polish_epochs > 0 == dfdc.polish_epochs  # the default polishes with UTKFace photos
+    assert min(cpu.polish_epochs, fair.polish_epochs) > 0 == dfdc.polish_epochs  # the default polishes with UTKFace photos
+    # and with mouth-and-jaw blends (reenactment-like) that its own teacher does not score
+    assert (cpu.sbi_hulls, cpu.polish_sbi_ratio, cpu.teacher_sbi, cpu.sbi_ratio) == (("lower",), 1.0, False, 0.0)
     assert cpu.utk_every == fair.utk_every == 1  # on all of them, the default as its own teacher on DFDC
     assert cpu.polish_teacher > 0 == fair.polish_teacher  # cpu-fair learns the photos without it: fewest false alarms
     assert cpu.paired and not PRESETS["cpu-vit"].paired  # paired batches since 2026-12-04; the old chain as it was
     gpu = PRESETS["gpu"]  # the shipped chain: two teachers, then all of the photos with the model as its own teacher
     assert (gpu.teachers, gpu.utk_every) == (2, 1) and gpu.polish_teacher > 0
+    polish = ("polish_epochs", "polish_teacher", "polish_sbi_ratio", "sbi_hulls", "teacher_sbi")
+    assert [getattr(gpu, k) for k in polish] == [getattr(cpu, k) for k in polish]
 
 
 def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tmp_path):
     """polish_teacher: the polish is taught by the fine-tuned detector it continues, at that weight, on the DFDC faces
     only (the photos it learns are real are not taught); the card says so. With two UTKFace shards (utk_shards) the
     polish reads every third photo of each. polish_sbi_ratio sets the polish's SBI pseudo-fakes apart from the
-    fine-tuning's; teacher_sbi=False keeps the teacher off them (recorded, and said on the card)."""
+    fine-tuning's (here none); teacher_sbi=False keeps the teacher off them (recorded, and said on the card); the
+    mask shapes of the blends are a setting of the polish, not of a fine-tuning without blends."""
     from dataclasses import replace
 
     from realface.errors import RealfaceError
     from realface.faces.manifest import read_face_manifest
     from realface.recipe import PRESETS, run_recipe
 
-    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=2.0, utk_shards=((0, 2), (1, 2)), polish_sbi_ratio=1.0,
-                  teacher_sbi=False)
+    cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=2.0, utk_shards=((0, 2), (1, 2)), sbi_ratio=0.0,
+                  polish_sbi_ratio=1.0, teacher_sbi=False)
     work = tmp_path / "work"
     run_recipe(shared_data, work, cfg, export_to=tmp_path / "weights", preset="tiny", progress=False)
     polish = ckpt.read_json(work / "polish" / "config.json")
@@ -200,7 +205,12 @@ def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tm
     assert polish["teacher_data"] == [polish["data"][0]] and "dfdc" in polish["data"][0] and len(polish["data"]) == 3
     finetune = ckpt.read_json(work / "finetune" / "config.json")
     assert polish["teacher_weight"] == 2.0 and polish["teacher_sbi"] is False and "teachers" not in finetune
-    assert (finetune["sbi_ratio"], polish["sbi_ratio"]) == (cfg.sbi_ratio, 1.0) == (0.5, 1.0)
+    assert (finetune["sbi_ratio"], polish["sbi_ratio"]) == (cfg.sbi_ratio, 1.0) == (0.0, 1.0)
+    # how blends are made is a setting of the stage that makes them only: the fine-tuning is reused without them
+    assert not {"sbi_hulls", "teacher_sbi"} & set(ckpt.read_json(work / "finetune" / "recipe_stage.json"))
+    assert ckpt.read_json(work / "polish" / "recipe_stage.json")["teacher_sbi"] is False
+    with pytest.raises(RealfaceError, match=r"polish was made with other recipe settings \(sbi_hulls differ"):
+        run_recipe(shared_data, work, replace(cfg, sbi_hulls=("lower",)), export_to=tmp_path / "other", progress=False)
     card = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
     assert "while keeping its own p(fake) on the DFDC faces" in card and "UTKFace shards 0/2 and 1/2" in card
     assert "not on the SBI fakes made from them" in card

@@ -124,6 +124,10 @@ class RecipeConfig:
         return SBIConfig(hulls=self.sbi_hulls)
 
 
+# The `cpu` chain's polish (the `gpu` chain's too).
+_CPU_POLISH: dict[str, Any] = {"utk_every": 1, "polish_epochs": 3, "polish_teacher": 1.0, "polish_sbi_ratio": 1.0,
+                               "sbi_hulls": ("lower",), "teacher_sbi": False}
+
 PRESETS: dict[str, RecipeConfig] = {
     "tiny": RecipeConfig(
         crop_size=64, img_size=64, utk_shards=((0, 1),), limit=24, frames=2, pretrain_epochs=1, pretrain_batch=8,
@@ -132,10 +136,11 @@ PRESETS: dict[str, RecipeConfig] = {
         sbi_ratio=0.5,  # keeps the SBI path of the chain under test
     ),
     # 19 epochs of ResNet-18 at 96 px on DFDC's fakes in paired batches, no SBI (BENCHMARKS.md "DFDC fakes alone at
-    # equal minutes": 0.887 on DFDC val), then the polish with all of the shard's photos and SBI x0.5 made from all its
-    # reals while the model keeps its own p(fake) on the DFDC faces ("Polishing the SBI-free detector": 0.881, 3.7% of
-    # unseen photos called fake). The shipped default's chain since 2026-12-05.
-    "cpu": RecipeConfig(utk_every=1, polish_teacher=1.0, polish_sbi_ratio=0.5),
+    # equal minutes": 0.887 on DFDC val), then the polish: 3 epochs with all of the shard's photos and one reenactment-
+    # like SBI blend (mouth and jaw, "lower") per real, while the model keeps its own p(fake) on the DFDC faces but not
+    # on the blends ("Reenactment-like blends in the polish": 0.880, Face2Face ranked above the originals, 0.7% of unseen
+    # photos called fake). The shipped default's chain since 2026-12-05.
+    "cpu": RecipeConfig(**_CPU_POLISH),
     # The chain that made the default model until 2026-12 (ViT-tiny, DFDC val AUC 0.575), for comparison.
     "cpu-vit": RecipeConfig(
         crop_size=112, img_size=112, encoder="vit_tiny_patch16", mask_ratio=0.75, pretrain_epochs=8, drop_path=0.1,
@@ -151,8 +156,7 @@ PRESETS: dict[str, RecipeConfig] = {
     # "Distilling two runs into one": with SBI x0.5, 15-epoch teachers and a 12-epoch student, the student scored 0.852
     # against its teachers' 0.836-0.840; without SBI not measured yet), polished as the cpu chain is. On an H200 a
     # 15-epoch fine-tuning took 4.3 minutes, loader-bound at about 1,350 faces/s with 15 loader processes ("On a GPU").
-    "gpu": RecipeConfig(teachers=2, utk_every=1, polish_teacher=1.0, polish_sbi_ratio=0.5,
-                        workers=max(2, (os.cpu_count() or 3) - 1)),
+    "gpu": RecipeConfig(teachers=2, workers=max(2, (os.cpu_count() or 3) - 1), **_CPU_POLISH),
 }  # fmt: skip
 
 
@@ -173,12 +177,13 @@ UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cel
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
     """Whether the run in `run` has finished `epochs`, after recording `settings` there; refuses a run made with
-    other recipe settings, which would otherwise be resumed or reused as if it were this one."""
+    other recipe settings, which would otherwise be resumed or reused as if it were this one (settings it recorded
+    that are not in `settings` do not shape it)."""
     record = run / STAGE_FILE
     if record.is_file():
         before = json.loads(record.read_text())
         before = {**{k: v for k, v in UNRECORDED.items() if k in settings}, **before}
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
         if changed:
             raise RealfaceError(
                 f"{run} was made with other recipe settings ({', '.join(changed)} differ): "
@@ -346,6 +351,8 @@ def finetune_stage(
     more["teachers"] = [{"run": str(t), "settings": json.loads((Path(t) / STAGE_FILE).read_text())} for t in teachers]
     if teacher_data is not None:
         more["teacher_data"] = [str(d) for d in teacher_data]
+    if not cfg.sbi_ratio:  # no blends: how they would be made does not shape the run
+        names = tuple(n for n in names if n not in ("sbi_hulls", "teacher_sbi"))
     if _stage_done(run, cfg.finetune_epochs, _settings(cfg, names, **more)):
         return
     policy, params = threshold_rule(cfg)  # the run's decision.json; the export refits the shipped rule the same way
