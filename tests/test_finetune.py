@@ -244,9 +244,11 @@ def test_only_taught_faces_get_the_teachers_loss():
 
 def test_teacher_data_marks_the_faces_of_its_manifests_and_their_sbi_fakes(antispoof, tmp_path):
     """--teacher-data: the faces of the named manifests, and the SBI fakes made from them, are taught; the others
-    are not; --no-teacher-sbi: not the SBI fakes; the run records both. A manifest with no training face, or
-    --teacher-data or --no-teacher-sbi without --teacher: one-line error."""
-    from realface.train.finetune import _taught_items
+    are not; --no-teacher-sbi: not the SBI fakes; --sbi-data: SBI fakes of those manifests' reals only; the run records
+    them. A manifest with no training face, or --teacher-data or --no-teacher-sbi without --teacher, or --sbi-data
+    without SBI: one-line error."""
+    from realface.labels import label_to_int
+    from realface.train.finetune import _in_manifests, _taught_items
     from realface.train.pretrain import load_face_records
 
     with antispoof.open() as f:
@@ -269,15 +271,21 @@ def test_teacher_data_marks_the_faces_of_its_manifests_and_their_sbi_fakes(antis
     assert all(it.taught == (it.kind == "face" and it.record.path in in_a) for it in faces_only)
     every_face = _taught_items(build_items(records, sbi_ratio=1.0), None, sbi=False)
     assert {it.kind for it in every_face if it.taught} == {"face"} and any(it.kind == "sbi" for it in every_face)
+    # --sbi-data: blends of the reals of those manifests only, --sbi-ratio per real of them
+    blends = [it for it in build_items(records, sbi_ratio=1.0, sbi_from=_in_manifests([parts["a"]])) if it.kind == "sbi"]
+    reals = [r for r in records if label_to_int(r.label) == 0]
+    assert 0 < len(blends) == len([r for r in reals if r.path in in_a]) < len(reals)
+    assert all(it.record.path in in_a for it in blends)
 
     common = ["--model", "resnet18", "--img-size", "64", "--crop-size", "64", *FAST]
     teacher = tmp_path / "teacher"
     assert main(["finetune", "--data", str(antispoof), "--out", str(teacher), *common]) == 0
     student = tmp_path / "student"
     assert main(["finetune", "--data", str(parts["a"]), str(parts["b"]), "--out", str(student), "--init", str(teacher),
-                 "--teacher", str(teacher), "--teacher-data", str(parts["a"]), "--no-teacher-sbi", *common]) == 0  # fmt: skip
+                 "--teacher", str(teacher), "--teacher-data", str(parts["a"]), "--no-teacher-sbi", "--pseudo-fakes", "sbi",
+                 "--sbi-ratio", "1", "--sbi-data", str(parts["a"]), *common]) == 0  # fmt: skip
     config = ckpt.read_json(student / "config.json")
-    assert config["teacher_data"] == [str(parts["a"])] and config["teacher_sbi"] is False
+    assert config["teacher_data"] == [str(parts["a"])] == config["sbi_data"] and config["teacher_sbi"] is False
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_runs.py"
     row = subprocess.run([sys.executable, str(script), str(student), "--bootstrap", "10"], check=True, capture_output=True,
                          text=True).stdout.splitlines()[2]  # fmt: skip
@@ -287,6 +295,10 @@ def test_teacher_data_marks_the_faces_of_its_manifests_and_their_sbi_fakes(antis
     assert main(["finetune", "--data", str(antispoof), "--out", str(tmp_path / "alone"), "--teacher-data",
                  str(antispoof), *common]) == 2  # fmt: skip
     assert main(["finetune", "--data", str(antispoof), "--out", str(tmp_path / "alone"), "--no-teacher-sbi", *common]) == 2
+    assert main(["finetune", "--data", str(antispoof), "--out", str(tmp_path / "alone"), "--sbi-data", str(antispoof),
+                 *common]) == 2  # no --pseudo-fakes sbi  # fmt: skip
+    assert main(["finetune", "--data", str(parts["a"]), str(parts["b"]), "--out", str(tmp_path / "alone"), "--pseudo-fakes",
+                 "sbi", "--sbi-data", str(parts["val"]), *common]) == 2  # fmt: skip
 
 
 def test_ensemble_runs_averages_the_runs_logits(tmp_path):

@@ -193,7 +193,7 @@ def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tm
     from realface.recipe import PRESETS, run_recipe
 
     cfg = replace(PRESETS["tiny"], pretrain_epochs=0, polish_teacher=2.0, utk_shards=((0, 2), (1, 2)), sbi_ratio=0.0,
-                  polish_sbi_ratio=1.0, teacher_sbi=False)
+                  polish_sbi_ratio=1.0, teacher_sbi=False, sbi_photos=False)
     work = tmp_path / "work"
     run_recipe(shared_data, work, cfg, export_to=tmp_path / "weights", preset="tiny", progress=False)
     polish = ckpt.read_json(work / "polish" / "config.json")
@@ -205,12 +205,12 @@ def test_recipe_polish_can_keep_the_detectors_own_scores_on_dfdc(shared_data, tm
     # how blends are made is a setting of the stage that makes them only: the fine-tuning is reused without them
     assert not {"sbi_hulls", "teacher_sbi"} & set(ckpt.read_json(work / "finetune" / "recipe_stage.json"))
     assert ckpt.read_json(work / "polish" / "recipe_stage.json")["teacher_sbi"] is False
+    assert polish["sbi_data"] == polish["data"][:1]  # blends of the DFDC reals only (sbi_photos=False)
     with pytest.raises(RealfaceError, match=r"polish was made with other recipe settings \(sbi_hulls differ"):
         run_recipe(shared_data, work, replace(cfg, sbi_hulls=("lower",)), export_to=tmp_path / "other", progress=False)
     card = (tmp_path / "weights" / "MODEL_CARD.md").read_text()
     assert "while keeping its own p(fake) on the DFDC faces" in card and "UTKFace shards 0/2 and 1/2" in card
-    assert "not on the SBI fakes made from them" in card
-    assert "SBI pseudo-fakes x1.0 made from all its reals" in card
+    assert "not on the SBI fakes made from them" in card and "SBI pseudo-fakes x1.0 made from its DFDC reals" in card
     faces = work / "faces"
     for i, subset in enumerate(polish["data"][1:]):
         assert subset == str(faces / f"utkface-manifest.shard{i}of2-every3.csv")

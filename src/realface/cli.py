@@ -510,6 +510,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="the teachers score only the faces of these manifests (also given as --data) and the SBI fakes "
                         "made from them (default: every training face); e.g. `--init RUN --teacher RUN --teacher-data "
                         "ITS_DATA --data ITS_DATA NEW_REALS`: learn new reals without forgetting the old data")
+    f.add_argument("--sbi-data", type=Path, nargs="+", default=None, metavar="MANIFEST",
+                   help="make the SBI fakes only from the reals of these manifests (also given as --data), --sbi-ratio "
+                        "per real of them (default: every real); e.g. blends of video frames, photos learned as real alone")
     f.add_argument("--no-teacher-sbi", action="store_true",
                    help="the teachers do not score the SBI fakes (a teacher that never saw such blends calls them real, "
                         "against their label): those learn from their label alone")
@@ -535,6 +538,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         raise RealfaceError(f"--affine is a probability in [0, 1], got {args.affine}")
     if args.teacher_weight < 0:
         raise RealfaceError(f"--teacher-weight must be >= 0, got {args.teacher_weight}")
+    if args.sbi_data and args.pseudo_fakes != "sbi":
+        raise RealfaceError("--sbi-data names the faces SBI blends: give --pseudo-fakes sbi too")
     if (args.teacher_data or args.no_teacher_sbi) and not args.teacher:
         raise RealfaceError("--teacher-data and --no-teacher-sbi say what teachers score: give --teacher too")
 
@@ -573,6 +578,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         teacher_weight=args.teacher_weight,
         teacher_data=args.teacher_data,
         teacher_sbi=not args.no_teacher_sbi,
+        sbi_data=args.sbi_data,
         crop_size=args.crop_size,
         keep_img_size=args.img_size is not None,
         cache_crops=not args.no_crop_cache,

@@ -73,6 +73,7 @@ class RecipeConfig:
     teacher_epochs: int | None = None  # each teacher's fine-tuning epochs (None: finetune_epochs)
     teacher_weight: float = 1.0  # weight of the teachers' loss (finetune --teacher-weight)
     teacher_sbi: bool = True  # teachers also score the SBI fakes made from the faces they teach (finetune --no-teacher-sbi)
+    sbi_photos: bool = True  # SBI fakes are made from the UTKFace photos too (False: from the DFDC reals only; --sbi-data)
     polish_epochs: int = 2  # then continue the fine-tuned detector this many epochs with the UTKFace shard's reals added
     polish_blr: float = 1e-3  # base learning rate of that continuation (a quarter of fine-tuning's)
     polish_teacher: float = 0.0  # > 0: the polish also learns the fine-tuned detector's own p(fake) on the DFDC faces, at this weight
@@ -161,14 +162,14 @@ PRETRAIN_SETTINGS = ("encoder", "img_size", "mask", "mask_ratio", "mask_cell", "
 FINETUNE_SETTINGS = ("detector", "drop_path", "layer_decay", "rffr_blocks", "mask_weight", "finetune_epochs", "finetune_batch",
                      "finetune_blr", "finetune_warmup", "sbi_ratio", "sbi_hulls", "labelled_fakes", "paired", "affine_prob", "utk_reals",
                      "utk_every", "balance_groups", "crop_size", "max_steps_per_epoch", "teacher_weight", "teacher_sbi",
-                     "utk_shards")
+                     "sbi_photos", "utk_shards")
 POLISH_WARMUP = 0.2  # warmup epochs of the polish stage
 STAGE_FILE = "recipe_stage.json"  # the recipe settings a stage's run was made with
 # Settings added after runs began recording theirs, with the value every run recorded before then was made with.
 UNRECORDED = {"paired": False, "mask_weight": 0.0, "mask_ratio": 0.75, "mask_cell": 16, "drop_path": 0.1, "finetune_warmup": 1.0,
               "utk_reals": False, "utk_every": 1, "balance_groups": [], "affine_prob": 0.0, "teacher_weight": 1.0,
               "seed": 0, "teachers": [], "utk_shards": [[0, 3]], "sbi_hulls": list(SBIConfig.hulls),
-              "teacher_sbi": True}
+              "teacher_sbi": True, "sbi_photos": True}
 
 
 def _stage_done(run: Path, epochs: int, settings: dict[str, Any]) -> bool:
@@ -328,10 +329,11 @@ def finetune_stage(
     device: str = "auto",
     progress: bool = True,
 ) -> None:
-    """Fine-tune a detector on the labelled manifests `data` (val = their split=val rows) from the pretraining run
-    `pretrained` (None: random init), or continue the finished fine-tuning stage `init`, with the recipe's settings,
-    distilling the finished stages `teachers` if any (on the faces of `teacher_data`, None: all); resumes, and
-    skips a finished run."""
+    """Fine-tune a detector on the labelled manifests `data` (DFDC's first, then any UTKFace subsets; val = their
+    split=val rows) from the pretraining run `pretrained` (None: random init), or continue the finished fine-tuning
+    stage `init`, with the recipe's settings, distilling the finished stages `teachers` if any (on the faces of
+    `teacher_data`, None: all); SBI blends of DFDC's reals only unless `cfg.sbi_photos`; resumes, and skips a
+    finished run."""
     from realface.data.augment import WildAugmentConfig
     from realface.eval.groups import Grouping
     from realface.models.detectors import DetectorConfig, options_for
@@ -348,7 +350,7 @@ def finetune_stage(
     if teacher_data is not None:
         more["teacher_data"] = [str(d) for d in teacher_data]
     if not cfg.sbi_ratio:  # no blends: how they would be made does not shape the run
-        names = tuple(n for n in names if n not in ("sbi_hulls", "teacher_sbi"))
+        names = tuple(n for n in names if n not in ("sbi_hulls", "teacher_sbi", "sbi_photos"))
     if _stage_done(run, cfg.finetune_epochs, _settings(cfg, names, **more)):
         return
     policy, params = threshold_rule(cfg)  # the run's decision.json; the export refits the shipped rule the same way
@@ -360,7 +362,7 @@ def finetune_stage(
                                                                        "mask_weight": cfg.mask_weight}, strict=False)),
         train_cfg=TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.finetune_batch, base_lr=cfg.finetune_blr,
                               warmup_epochs=min(cfg.finetune_warmup, cfg.finetune_epochs / 5), workers=cfg.workers, seed=seed),
-        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, teacher_sbi=cfg.teacher_sbi, labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, sbi=cfg.sbi, paired=cfg.paired, crop_size=cfg.crop_size,
+        pretrained=pretrained, init=init, teachers=list(teachers), teacher_weight=cfg.teacher_weight, teacher_data=teacher_data, teacher_sbi=cfg.teacher_sbi, sbi_data=None if cfg.sbi_photos else data[:1], labelled_fakes=cfg.labelled_fakes, sbi_ratio=cfg.sbi_ratio, sbi=cfg.sbi, paired=cfg.paired, crop_size=cfg.crop_size,
         augment=WildAugmentConfig(affine_prob=cfg.affine_prob),
         balance=Grouping(columns=cfg.balance_groups) if cfg.balance_groups else None,
         resume=(run / "last").exists(), device=device, progress=progress, max_steps_per_epoch=cfg.max_steps_per_epoch,
@@ -534,7 +536,9 @@ def export_and_measure(
             + (" in paired order (every DFDC fake next to its own real)" if cfg.paired else "")
             + (f"; then {cfg.polish_epochs} epoch(s) more from those weights (base lr {cfg.polish_blr}) with the {utk}"
                " added" if cfg.polish_epochs else "")
-            + (f" and SBI pseudo-fakes x{polish_sbi(cfg)} made from all its reals" if cfg.polish_epochs and polish_sbi(cfg) else "")
+            + (f" and SBI pseudo-fakes x{polish_sbi(cfg)} made from " + ("all its reals" if cfg.sbi_photos else "its DFDC reals")
+               + ("" if cfg.sbi_hulls == SBIConfig.hulls else f" ({', '.join(cfg.sbi_hulls)} blends)")
+               if cfg.polish_epochs and polish_sbi(cfg) else "")
             + (f", while keeping its own p(fake) on the DFDC faces (it is its own teacher there, weight {cfg.polish_teacher}"
                + ("" if cfg.teacher_sbi or not polish_sbi(cfg) else "; not on the SBI fakes made from them") + ")"
                if cfg.polish_epochs and cfg.polish_teacher else "")

@@ -50,10 +50,11 @@ def build_items(
     *,
     labelled_fakes: bool = True,
     sbi_ratio: float = 0.0,
+    sbi_from: Callable[[object], bool] | None = None,
 ) -> list[Item]:
     """Training items: every real record, the fake records when `labelled_fakes` (each with its partner real
     when the records hold it, both with landmarks), and round(sbi_ratio * reals) SBI pseudo-fakes cycling over
-    the real records that have landmarks."""
+    the real records that have landmarks; with `sbi_from`, only the reals it accepts count and are blended."""
     items: list[Item] = []
     labels = [label_to_int(rec.label) for rec in records]
     reals = [rec for rec, y in zip(records, labels) if y == 0]
@@ -70,10 +71,11 @@ def build_items(
             partner = partners.get(key) if key is not None and rec.landmarks is not None else None
             items.append(Item(rec, "face", 1, partner))
     if sbi_ratio > 0:
-        sources = [r for r in reals if r.landmarks is not None]
+        pool = reals if sbi_from is None else [r for r in reals if sbi_from(r)]
+        sources = [r for r in pool if r.landmarks is not None]
         if not sources:
             raise RealfaceError("SBI pseudo-fakes need real faces with landmarks: run `realface preprocess` first")
-        n = int(round(sbi_ratio * len(reals)))
+        n = int(round(sbi_ratio * len(pool)))
         items.extend(Item(sources[i % len(sources)], "sbi", 1) for i in range(n))
     return items
 

@@ -10,6 +10,7 @@ validation face's score goes to RUN/val_scores.csv (`eval.report` format) for an
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from realface.eval.groups import Grouping
 from realface.errors import RealfaceError
 from realface.faces.align import CropSettings
 from realface.faces.manifest import crop_settings_of
+from realface.labels import label_to_int
 from realface.eval.metrics import roc_auc
 from realface.eval.thresholds import BAND_ACCURACY
 from realface.eval.report import FaceScore, write_scores_csv
@@ -228,14 +230,22 @@ def record_validation(
     return decision
 
 
+def _face_key(rec) -> tuple[str, int]:
+    """Which face a record is: a crop file, or a JPEG inside a tar shard."""
+    return os.path.normpath(rec.path), rec.offset
+
+
+def _in_manifests(manifests: list[Path]) -> Callable[[object], bool]:
+    """Whether a record's face is one of the faces of `manifests`."""
+    keys = {_face_key(rec) for rec in load_face_records(manifests)}
+    return lambda rec: _face_key(rec) in keys
+
+
 def _taught_items(items: list[Item], manifests: list[Path] | None, *, sbi: bool = True) -> list[Item]:
     """`items` with `taught` set where the item's face comes from one of `manifests` (None: any), and with sbi
     False only where the item is that face itself, not an SBI fake made from it; an error where none is taught."""
-    def key(rec) -> tuple[str, int]:  # a crop file, or a JPEG inside a tar shard
-        return os.path.normpath(rec.path), rec.offset
-
-    keys = None if manifests is None else {key(rec) for rec in load_face_records(manifests)}
-    items = [replace(it, taught=(keys is None or key(it.record) in keys) and (sbi or it.kind != "sbi")) for it in items]
+    known = (lambda rec: True) if manifests is None else _in_manifests(manifests)
+    items = [replace(it, taught=known(it.record) and (sbi or it.kind != "sbi")) for it in items]
     if not any(it.taught for it in items):
         raise RealfaceError("--teacher-data: none of its faces are training faces (name manifests also given as --data)")
     return items
@@ -278,6 +288,7 @@ def finetune(
     teacher_weight: float = 1.0,
     teacher_data: list[Path] | None = None,
     teacher_sbi: bool = True,
+    sbi_data: list[Path] | None = None,
     crop_size: int | None = None,
     keep_img_size: bool = False,
     cache_crops: bool = True,
@@ -298,6 +309,8 @@ def finetune(
     (plain folders), and must agree with the data's where it has one. cache_crops: decode each crop once per
     run into a memory-mapped file in `out` (`CropCache`, removed at the end) instead of once per epoch.
     sbi: how the SBI pseudo-fakes are made (None: `SBIConfig()`, SBI's own face-swap-like blends); recorded.
+    sbi_data: the manifests (of `data`) whose reals the SBI pseudo-fakes are made from, sbi_ratio per real of them
+    (None: every real); e.g. blends of video frames only, while photos of other people are learned as real alone.
     balance: draw each epoch so every group of people in these manifest columns has the same share
     (`realface.data.balance`); not with `paired`.
     augment: the in-the-wild augmentation of training faces (None: none); recorded in config.json.
@@ -359,7 +372,12 @@ def finetune(
             detector.load_state_dict(start.detector.state_dict())
         del pretrainer, start
 
-        items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio)
+        sbi_from = None
+        if sbi_data is not None and sbi_ratio > 0:
+            sbi_from = _in_manifests(sbi_data)
+            if not any(sbi_from(r) and label_to_int(r.label) == 0 for r in train_records):
+                raise RealfaceError("--sbi-data: none of its faces are real training faces (name manifests also given as --data)")
+        items = build_items(train_records, labelled_fakes=labelled_fakes, sbi_ratio=sbi_ratio, sbi_from=sbi_from)
         if teachers and (teacher_data is not None or not teacher_sbi):
             items = _taught_items(items, teacher_data, sbi=teacher_sbi)
         if len({it.label for it in items}) < 2:
@@ -390,6 +408,7 @@ def finetune(
             "labelled_fakes": labelled_fakes,
             "sbi_ratio": sbi_ratio,
             "sbi_hulls": list((sbi or SBIConfig()).hulls) if sbi_ratio > 0 else None,
+            "sbi_data": [str(p) for p in sbi_data] if sbi_data is not None and sbi_ratio > 0 else "all",
             "paired": paired,
             "augment": None if augment is None else asdict(augment),
             "num_train": len(items),
