@@ -322,8 +322,9 @@ def finetune(
     p(fake) the student learns besides the labels, with weight teacher_weight (`FinetuneTask`); teacher_data: the
     manifests (of `data`) whose faces, and the SBI fakes made from them, the teachers score (None: every training
     face); teacher_sbi False: they score those faces but not the SBI fakes made from them, whose label then teaches
-    alone (a teacher that never saw such blends calls them real, against their label). E.g. the teacher is the `init` detector itself, on the data it was trained on, while it learns new reals
-    from other manifests: it keeps what it knew there ("learning without forgetting", Li & Hoiem 2016).
+    alone (a teacher that never saw such blends calls them real, against their label). E.g. the teacher is the
+    `init` detector itself, on the data it was trained on, while it learns new reals from other manifests: it keeps
+    what it knew there ("learning without forgetting", Li & Hoiem 2016).
     """
     from realface.bundle import load_bundle
     from realface.models.pretrained import load_pretrainer
@@ -408,7 +409,7 @@ def finetune(
             "labelled_fakes": labelled_fakes,
             "sbi_ratio": sbi_ratio,
             "sbi_hulls": list((sbi or SBIConfig()).hulls) if sbi_ratio > 0 else None,
-            "sbi_data": [str(p) for p in sbi_data] if sbi_data is not None and sbi_ratio > 0 else "all",
+            "sbi_data": None if sbi_ratio <= 0 else [str(p) for p in sbi_data] if sbi_data is not None else "all",
             "paired": paired,
             "augment": None if augment is None else asdict(augment),
             "num_train": len(items),
