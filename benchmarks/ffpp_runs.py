@@ -31,11 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 def frame_aucs(scores_csv: Path, manifest: Path) -> list[tuple[str, float | None, float]]:
     """(video, frame AUC against its own original or None, frame AUC against every original) for each fake video of
     `manifest` (path,label,method,group), from `detect --csv` rows (path, p_fake; rows without a face are skipped)."""
-    videos = list(csv.DictReader(manifest.open(newline="")))
+    with manifest.open(newline="") as f:
+        videos = list(csv.DictReader(f))
     frames: dict[str, list[float]] = {}
-    for row in csv.DictReader(scores_csv.open(newline="")):
-        if row.get("p_fake"):
-            frames.setdefault(Path(row["path"]).resolve().as_posix(), []).append(float(row["p_fake"]))
+    with scores_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("p_fake"):
+                frames.setdefault(Path(row["path"]).resolve().as_posix(), []).append(float(row["p_fake"]))
 
     def scores(video: dict[str, str]) -> list[float]:
         return frames.get((manifest.parent / video["path"]).resolve().as_posix(), [])

@@ -324,12 +324,9 @@ def test_fairness_power_simulates_groups_served_alike() -> None:
     """benchmarks/fairness_power.py: data sets where every group has the same false-positive rate. With no false
     alarms there is no gap and no interval above 0; with some, the highest-minus-lowest gap is positive by chance
     alone, its interval's upper end above it, and both shrink as the groups grow."""
-    import importlib.util
+    from conftest import load_benchmark
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fairness_power.py"
-    spec = importlib.util.spec_from_file_location("fairness_power", script)
-    power = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(power)
+    power = load_benchmark("fairness_power")
     none = power.simulate({"a": 50, "b": 80}, 0.0, 3, 50, 0)
     assert none.shape == (3, 2) and not none.any()
     small = power.simulate({"a": 100, "b": 100, "c": 100}, 0.05, 20, 100, 0)

@@ -264,11 +264,9 @@ def test_ffpp_runs_benchmark_reports_every_sample_video(tiny_recipe, shared_data
 def test_ffpp_runs_frame_aucs_against_hand_counts(tmp_path):
     """benchmarks/ffpp_runs.py --frame-scores: each fake's frames against its own original's (same group) and against
     every original's, from `detect --csv` rows; faceless rows are skipped, a fake without its original gets None."""
-    import importlib.util
+    from conftest import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("ffpp_runs", Path(__file__).resolve().parents[1] / "benchmarks" / "ffpp_runs.py")
-    ffpp_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ffpp_runs)
+    ffpp_runs = load_benchmark("ffpp_runs")
     manifest = tmp_path / "ffpp" / "manifest.csv"
     manifest.parent.mkdir()
     manifest.write_text("path,label,method,group\nA/1_2.mp4,fake,A,1\nB/9_8.mp4,fake,B,9\no/1.mp4,real,original,1\n"
@@ -282,3 +280,33 @@ def test_ffpp_runs_frame_aucs_against_hand_counts(tmp_path):
     # A: 0.5 beats 0.4, 0.9 beats 0.4 and 0.6: 3 of 4 pairs against its own; against all four original frames 7 of 8.
     # B (its original 9 is not in the set): 0.2 beats 0.1 only, 1 of 4
     assert rows == [("A/1_2.mp4", 0.75, 0.875), ("B/9_8.mp4", None, 0.25)]
+
+
+def test_polish_variant_reads_recipe_fields():
+    """benchmarks/polish_variant.py: FIELD=VALUE pairs become RecipeConfig fields (literals; hull names split on
+    commas); a field the recipe does not have, or no value, stops it with a one-line message."""
+    from conftest import load_benchmark
+
+    parse = load_benchmark("polish_variant").parse_changes
+    assert parse(["sbi_hulls=lower,inner", "polish_sbi_ratio=1.0", "teacher_sbi=False", "polish_epochs=3"]) == {
+        "sbi_hulls": ("lower", "inner"), "polish_sbi_ratio": 1.0, "teacher_sbi": False, "polish_epochs": 3}
+    for bad in (["ears=1"], ["polish_epochs"]):
+        with pytest.raises(SystemExit, match="not a RecipeConfig field=value"):
+            parse(bad)
+
+
+def test_ffpp_diagnostics_measure_each_fakes_change_to_its_own_original(shared_data, capsys):
+    """benchmarks/ffpp_diagnostics.py change: each FF++ fake with its original in the set, 16 aligned frames; every
+    one changes its original's lower face more than the rest of the crop, and both more than a JPEG q90 re-save."""
+    import re
+
+    from conftest import load_benchmark
+
+    load_benchmark("ffpp_diagnostics").lower_face_change(shared_data)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["Deepfakes/519_515.mp4", "FaceSwap/634_660.mp4", "NeuralTextures/004_982.mp4"]
+    for line in lines:
+        numbers = [float(x) for x in re.findall(r"(?:face|rest|q90) (\d+\.\d)", line)]
+        assert len(numbers) == 6  # lower face, rest, JPEG at 224 px and at 96 px
+        for lower, rest, jpeg in (numbers[:3], numbers[3:]):
+            assert lower > rest > jpeg
